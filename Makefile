@@ -1,0 +1,64 @@
+# kvpilot developer entry points. Every target creates the project virtualenv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export KUBECONFIG ?= $(CURDIR)/.dev-cluster/kubeconfig
+export PATH := $(CURDIR)/.dev-cluster/bin:$(PATH)
+
+.PHONY: help venv dev-cluster dev-cluster-down dev-cluster-status test test-fast lint demo demo-down crds run \
+        bench-placement bench-fidelity
+
+help:
+	@echo "make demo              dev cluster up, operator running, examples applied, status shown"
+	@echo "make test              the whole test suite (unit + on the local control plane)"
+	@echo "make lint              ruff + mypy --strict"
+	@echo "make dev-cluster       start the local control plane with fake GPU nodes"
+	@echo "make dev-cluster-down  stop it"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+dev-cluster: $(STAMP)
+	$(VENV)/bin/kvpilot dev-cluster up
+
+dev-cluster-down: $(STAMP)
+	$(VENV)/bin/kvpilot dev-cluster down
+
+dev-cluster-status: $(STAMP)
+	$(VENV)/bin/kvpilot dev-cluster status
+
+crds: $(STAMP)
+	$(VENV)/bin/kvpilot crd
+
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator runtime tests e2e bench
+	$(VENV)/bin/ruff format --check operator runtime tests e2e bench
+	$(VENV)/bin/mypy
+
+run: $(STAMP)
+	$(VENV)/bin/kvpilot run
+
+demo: $(STAMP)
+	bash e2e/demo.sh
+
+demo-down: $(STAMP)
+	bash e2e/demo.sh down
+
+bench-placement: $(STAMP)
+	$(PY) bench/placement.py
+
+bench-fidelity: $(STAMP)
+	$(PY) bench/fidelity.py

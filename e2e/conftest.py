@@ -1,0 +1,72 @@
+"""Fixtures on the local control plane (``kvpilot dev-cluster``).
+
+``cluster`` starts the dev cluster for the session when it is not running and
+stops it at the end if it started it (set KVPILOT_KEEP_CLUSTER=1 to keep it).
+``namespace`` gives each test a fresh namespace, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from e2e.helpers import Kube
+from kvpilot import devcluster
+
+
+@dataclass(frozen=True)
+class Cluster:
+    layout: devcluster.Layout
+    kube: Kube
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.layout.kubeconfig
+
+    @property
+    def prometheus_url(self) -> str:
+        return devcluster.prometheus_url()
+
+    def kubectl(self, *args: str, input_text: str | None = None) -> str:
+        return self.kube(*args, input_text=input_text)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    layout = devcluster.Layout.default()
+    started = False
+    if not devcluster.is_up(layout):
+        devcluster.up(layout=layout)
+        started = True
+    yield Cluster(layout=layout, kube=Kube(layout.kubeconfig, layout.bin))
+    if started and os.environ.get("KVPILOT_KEEP_CLUSTER") != "1":
+        devcluster.down(layout)
+
+
+@pytest.fixture
+def kube(cluster: Cluster) -> Kube:
+    return cluster.kube
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[str]:
+    base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    cluster.kube("create", "namespace", name)
+    # The ServiceAccount admission plugin needs the namespace's default account.
+    from e2e.helpers import wait_for
+
+    wait_for(
+        lambda: cluster.kube.get("serviceaccount", "default", name),
+        lambda sa: sa is not None,
+        timeout=30,
+        what=f"default ServiceAccount in {name}",
+    )
+    yield name
+    cluster.kube.run("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,114 @@
+"""Test helpers for the local control plane: kubectl, waiting on conditions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """A condition did not hold in time; the message shows what was last observed."""
+
+
+def wait_for(
+    observe: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.25,
+) -> T:
+    """Poll ``observe()`` until ``done(value)``; fail with the last observation.
+
+    Never a fixed sleep: returns as soon as the condition holds.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            last = observe()
+            last_exc = None
+            if done(last):
+                return last
+        except Exception as exc:  # observation may fail transiently (object not yet there)
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            shown = f"error {last_exc!r}" if last_exc is not None else _show(last)
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}; last observed: {shown}")
+        time.sleep(interval)
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value, indent=1, default=str)
+    except TypeError:
+        text = repr(value)
+    return text if len(text) < 4000 else text[:4000] + "…"
+
+
+@dataclass(frozen=True)
+class Kube:
+    """kubectl bound to the dev cluster's kubeconfig."""
+
+    kubeconfig: Path
+    bin_dir: Path
+
+    def run(self, *args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def __call__(self, *args: str, input_text: str | None = None) -> str:
+        return self.run(*args, input_text=input_text).stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "-o", "json"))
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        args = ["get", kind, name, "-o", "json"]
+        if namespace:
+            args += ["-n", namespace]
+        proc = self.run(*args, check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr or "not found" in proc.stderr:
+                return None
+            raise AssertionError(f"kubectl get {kind}/{name}: {proc.stderr.strip()}")
+        result: dict[str, Any] = json.loads(proc.stdout)
+        return result
+
+    def apply(self, manifest: str, namespace: str | None = None) -> subprocess.CompletedProcess[str]:
+        args = ["apply", "-f", "-"]
+        if namespace:
+            args += ["-n", namespace]
+        return self.run(*args, input_text=manifest, check=False)
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    """The condition of type ``ctype`` in ``obj.status.conditions``, if any."""
+    if not obj:
+        return None
+    for c in obj.get("status", {}).get("conditions", []) or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return None
+
+
+def condition_true(obj: dict[str, Any] | None, ctype: str) -> bool:
+    c = condition(obj, ctype)
+    return c is not None and c.get("status") == "True"

@@ -1,0 +1,51 @@
+"""The ``kvpilot`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="kvpilot", description="Serve LLMs with vLLM on Kubernetes GPU clusters."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the operator against the current kubeconfig", add_help=False)
+    sub.add_parser("crd", help="generate the CustomResourceDefinitions into crds/", add_help=False)
+    sub.add_parser(
+        "dev-cluster", help="local control plane with fake GPU nodes (up|down|status)", add_help=False
+    )
+    try:
+        from kvpilot import plan_cmd
+    except ImportError:  # pragma: no cover - the planner is optional at import time
+        plan_cmd = None  # type: ignore[assignment]
+    if plan_cmd is not None:
+        plan_cmd.add_parser(sub)
+    if not argv or argv[0] in {"-h", "--help"}:
+        parser.print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "dev-cluster":
+        from kvpilot import devcluster
+
+        return devcluster.main(rest)
+    if command == "run":
+        from kvpilot.controller import runner
+
+        return runner.main(rest)
+    if command == "crd":
+        from kvpilot.api import crd
+
+        return crd.main(rest)
+    args = parser.parse_args(argv)
+    if args.command == "plan" and plan_cmd is not None:
+        return int(plan_cmd.run(args))
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
