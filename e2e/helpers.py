@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-class WaitTimeout(AssertionError):
+class WaitTimeoutError(AssertionError):
     """A condition did not hold in time; the message shows what was last observed."""
 
 
@@ -42,7 +42,9 @@ def wait_for(
             last_exc = exc
         if time.monotonic() >= deadline:
             shown = f"error {last_exc!r}" if last_exc is not None else _show(last)
-            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}; last observed: {shown}")
+            raise WaitTimeoutError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last observed: {shown}"
+            )
         time.sleep(interval)
 
 
@@ -61,7 +63,9 @@ class Kube:
     kubeconfig: Path
     bin_dir: Path
 
-    def run(self, *args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, input_text: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
             input=input_text,
@@ -92,7 +96,9 @@ class Kube:
         result: dict[str, Any] = json.loads(proc.stdout)
         return result
 
-    def apply(self, manifest: str, namespace: str | None = None) -> subprocess.CompletedProcess[str]:
+    def apply(
+        self, manifest: str, namespace: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         args = ["apply", "-f", "-"]
         if namespace:
             args += ["-n", namespace]

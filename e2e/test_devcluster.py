@@ -29,8 +29,13 @@ def test_nodes_carry_gpus_and_gfd_labels(kube: Kube) -> None:
         labels = got["metadata"]["labels"]
         for key in ("nvidia.com/gpu.product", "nvidia.com/gpu.memory", "nvidia.com/gpu.count"):
             assert labels[key] == want["metadata"]["labels"][key]
-        assert got["status"]["allocatable"]["nvidia.com/gpu"] == want["status"]["allocatable"]["nvidia.com/gpu"]
-        assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in got["spec"]["taints"]
+        assert (
+            got["status"]["allocatable"]["nvidia.com/gpu"]
+            == want["status"]["allocatable"]["nvidia.com/gpu"]
+        )
+        assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in got["spec"][
+            "taints"
+        ]
         assert condition(got, "Ready")["status"] == "True"  # type: ignore[index]
     h100 = [n for n in expected if n.startswith("h100")]
     assert len(h100) == 2 and nodes[h100[0]]["status"]["allocatable"]["nvidia.com/gpu"] == "8"
@@ -141,7 +146,10 @@ def test_prometheus_answers_up(cluster: Cluster) -> None:
 
 def test_helm_and_kubectl_versions(cluster: Cluster) -> None:
     helm = subprocess.run(
-        [str(cluster.layout.bin / "helm"), "version", "--short"], capture_output=True, text=True, check=True
+        [str(cluster.layout.bin / "helm"), "version", "--short"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert helm.stdout.startswith(devcluster.HELM_VERSION)
     server = cluster.kube.json("version")["serverVersion"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,12 +17,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("run", help="run the operator against the current kubeconfig", add_help=False)
     sub.add_parser("crd", help="generate the CustomResourceDefinitions into crds/", add_help=False)
     sub.add_parser(
-        "dev-cluster", help="local control plane with fake GPU nodes (up|down|status)", add_help=False
+        "dev-cluster",
+        help="local control plane with fake GPU nodes (up|down|status)",
+        add_help=False,
     )
+    import importlib
+
     try:
-        from kvpilot import plan_cmd
-    except ImportError:  # pragma: no cover - the planner is optional at import time
-        plan_cmd = None  # type: ignore[assignment]
+        plan_cmd: Any = importlib.import_module("kvpilot.plan_cmd")
+    except ImportError:  # pragma: no cover - partial installs
+        plan_cmd = None
     if plan_cmd is not None:
         plan_cmd.add_parser(sub)
     if not argv or argv[0] in {"-h", "--help"}:

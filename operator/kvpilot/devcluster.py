@@ -12,6 +12,7 @@ line; that is how ``status`` and ``down`` find them (and any stray one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -207,10 +208,10 @@ def ensure_debian_packages(binaries: dict[str, str]) -> dict[str, Path]:
                 f"{' '.join(pkgs)} (sudo apt-get install {' '.join(pkgs)})"
             )
     out: dict[str, Path] = {}
-    for b in binaries:
+    for b, pkg in binaries.items():
         found = shutil.which(b)
         if found is None:
-            raise DevClusterError(f"{b} still not found after installing {binaries[b]}")
+            raise DevClusterError(f"{b} still not found after installing {pkg}")
         out[b] = Path(found)
     return out
 
@@ -311,7 +312,10 @@ def write_kubeconfig(layout: Layout) -> None:
             }
         ],
         "contexts": [
-            {"name": "kvpilot-dev", "context": {"cluster": "kvpilot-dev", "user": "kvpilot-dev-admin"}}
+            {
+                "name": "kvpilot-dev",
+                "context": {"cluster": "kvpilot-dev", "user": "kvpilot-dev-admin"},
+            }
         ],
         "current-context": "kvpilot-dev",
     }
@@ -432,7 +436,10 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
     prom_cfg.write_text(
         yaml.safe_dump(
             {
-                "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+                "global": {
+                    "scrape_interval": SCRAPE_INTERVAL,
+                    "evaluation_interval": SCRAPE_INTERVAL,
+                },
                 "scrape_configs": [
                     {
                         "job_name": "vllm",
@@ -443,7 +450,10 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
                     {
                         "job_name": "kvpilot-operator",
                         "file_sd_configs": [
-                            {"files": [f"{layout.operator_targets}/*.json"], "refresh_interval": "1s"}
+                            {
+                                "files": [f"{layout.operator_targets}/*.json"],
+                                "refresh_interval": "1s",
+                            }
                         ],
                     },
                     {
@@ -665,7 +675,7 @@ def up(inventory_path: Path | None = None, layout: Layout | None = None) -> Layo
         logfile = layout.logs / f"{comp.name}.log"
         log(f"starting {comp.name}")
         with logfile.open("ab") as fh:
-            proc = subprocess.Popen(  # noqa: S603 - argv built above, no shell
+            proc = subprocess.Popen(
                 comp.argv,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -676,7 +686,9 @@ def up(inventory_path: Path | None = None, layout: Layout | None = None) -> Layo
         started[comp.name] = {"pid": proc.pid}
         layout.state.write_text(json.dumps({"components": started}, indent=2))
 
-        def healthy(p: subprocess.Popen[bytes] = proc, c: Component = comp) -> bool:
+        def healthy(
+            p: subprocess.Popen[bytes] = proc, c: Component = comp, logfile: Path = logfile
+        ) -> bool:
             if p.poll() is not None:
                 raise DevClusterError(
                     f"{c.name} exited with code {p.returncode}; see {logfile}\n"
@@ -697,7 +709,15 @@ def up(inventory_path: Path | None = None, layout: Layout | None = None) -> Layo
 def apply_nodes(layout: Layout, inventory: dict[str, Any]) -> None:
     nodes = node_manifests(inventory)
     doc = "\n---\n".join(yaml.safe_dump(n, sort_keys=False) for n in nodes)
-    kubectl(layout, "apply", "--server-side", "--field-manager=kvpilot-dev-cluster", "-f", "-", input_text=doc)
+    kubectl(
+        layout,
+        "apply",
+        "--server-side",
+        "--field-manager=kvpilot-dev-cluster",
+        "-f",
+        "-",
+        input_text=doc,
+    )
     names = [n["metadata"]["name"] for n in nodes]
 
     def all_ready() -> bool:
@@ -726,8 +746,9 @@ def status(layout: Layout | None = None) -> dict[str, dict[str, Any]]:
         api_ssl = _client_ssl(layout)
     health: dict[str, Callable[[], bool]] = {
         "etcd": lambda: _http_ok(f"http://127.0.0.1:{PORTS['etcd']}/health"),
-        "kube-apiserver": lambda: api_ssl is not None
-        and _http_ok(apiserver_url("/readyz"), api_ssl),
+        "kube-apiserver": lambda: (
+            api_ssl is not None and _http_ok(apiserver_url("/readyz"), api_ssl)
+        ),
         "kube-controller-manager": lambda: _http_ok(
             f"https://127.0.0.1:{PORTS['kube-controller-manager']}/healthz", _insecure()
         ),
@@ -739,8 +760,8 @@ def status(layout: Layout | None = None) -> dict[str, dict[str, Any]]:
     }
     out: dict[str, dict[str, Any]] = {}
     for name in COMPONENTS:
-        pid = by_name.get(name)
-        out[name] = {"pid": pid, "healthy": pid is not None and health[name]()}
+        found = by_name.get(name)
+        out[name] = {"pid": found, "healthy": found is not None and health[name]()}
     return out
 
 
@@ -774,10 +795,8 @@ def down(layout: Layout | None = None, keep_data: bool = False, timeout_s: float
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def main(argv: Sequence[str]) -> int:
@@ -787,7 +806,9 @@ def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="kvpilot dev-cluster")
     sub = p.add_subparsers(dest="action", required=True)
     up_p = sub.add_parser("up", help="build what is missing and start the cluster")
-    up_p.add_argument("--inventory", type=Path, help="node inventory (default e2e/clusters/default.yaml)")
+    up_p.add_argument(
+        "--inventory", type=Path, help="node inventory (default e2e/clusters/default.yaml)"
+    )
     down_p = sub.add_parser("down", help="stop every process of the cluster")
     down_p.add_argument("--keep-data", action="store_true", help="keep etcd and Prometheus data")
     st = sub.add_parser("status", help="which components are up")

@@ -1,0 +1,61 @@
+"""``kvpilot run``: the operator process (kopf) against the current kubeconfig."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kvpilot run", description="Run the kvpilot operator.")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("KVPILOT_METRICS_PORT", "8080")),
+        help="port of the operator's Prometheus /metrics (0 disables it)",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=int(os.environ.get("KVPILOT_HEALTH_PORT", "8081")),
+        help="port of the liveness endpoint /healthz (0 disables it)",
+    )
+    parser.add_argument(
+        "--repair-interval", type=float, default=None, help="seconds between drift repairs"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if args.repair_interval is not None:
+        os.environ["KVPILOT_REPAIR_INTERVAL"] = str(args.repair_interval)
+
+    import kopf
+
+    from kvpilot.controller import handlers, kube
+
+    kube.load_config()
+    handlers.configure_runtime(metrics_port=args.metrics_port)
+    liveness = f"http://127.0.0.1:{args.health_port}/healthz" if args.health_port else None
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=list(args.namespace),
+            standalone=True,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0

@@ -1,0 +1,281 @@
+"""Pure parts of one reconcile: planner input from a spec, status from observations.
+
+Nothing here talks to the API server; the controller gathers observations,
+calls these functions and applies what they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvpilot.api.parse import InferenceService
+from kvpilot.conditions import Condition, merge_conditions
+from kvpilot.planning.inventory import pod_gpu_request
+from kvpilot.planning.memory import ServingConfig
+from kvpilot.planning.placement import RunningReplicas, ServiceDemand, ServicePlacement
+from kvpilot.planning.tp import fit_model
+from kvpilot.resources.labels import selector_string
+
+GIB = 1024**3
+
+
+def service_key(namespace: str, name: str) -> str:
+    """Unique name of a service in a placement plan."""
+    return f"{namespace}/{name}"
+
+
+def serving_config(isvc: InferenceService) -> ServingConfig:
+    spec = isvc.spec
+    return ServingConfig(
+        quantization=spec.model.quantization,
+        dtype=spec.model.dtype,
+        kv_cache_dtype=spec.model.kv_cache_dtype,
+        max_model_len=spec.model.max_model_len,
+        gpu_memory_utilization=spec.runtime.gpu_memory_utilization,
+        max_num_seqs=spec.runtime.max_num_seqs,
+        max_num_batched_tokens=spec.runtime.max_num_batched_tokens,
+        target_concurrency=spec.placement.target_concurrency,
+    )
+
+
+def demand(
+    isvc: InferenceService,
+    *,
+    max_gpus_per_node: Mapping[str, int] | None,
+    running: RunningReplicas | None,
+) -> ServiceDemand:
+    """What the planner needs to know about one InferenceService."""
+    spec = isvc.spec
+    shape = None
+    if spec.model.shape is not None:
+        shape = spec.model.shape.model_dump(by_alias=True, exclude_none=True)
+    fit = fit_model(
+        spec.model.source,
+        serving_config(isvc),
+        shape=shape,
+        tensor=spec.parallelism.tensor,
+        gpu_types=list(spec.placement.gpu_types),
+        max_gpus_per_node=max_gpus_per_node,
+    )
+    want = spec.desired_replicas
+    return ServiceDemand(
+        name=service_key(isvc.namespace, isvc.name),
+        fit=fit,
+        priority=spec.placement.priority,
+        # A manual replica count below minReplicas (e.g. 0 to park a model) is honoured.
+        min_replicas=min(spec.scaling.min_replicas, want),
+        max_replicas=max(spec.scaling.max_replicas, want),
+        desired_replicas=want,
+        preemptible=spec.placement.preemptible,
+        running=running,
+    )
+
+
+def running_replicas(
+    pods: Sequence[Mapping[str, Any]], gpu_type_of_node: Mapping[str, str]
+) -> RunningReplicas | None:
+    """Where a service's pods run now (to keep running replicas where they are)."""
+    per_node: dict[str, int] = {}
+    gpu_type: str | None = None
+    tp: int | None = None
+    for pod in pods:
+        node = pod.get("spec", {}).get("nodeName")
+        if not node or pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        gpus = pod_gpu_request(pod)
+        if gpus <= 0:
+            continue
+        tp = gpus  # one replica = one pod holding all its tensor-parallel ranks
+        gpu_type = gpu_type_of_node.get(node, gpu_type)
+        per_node[node] = per_node.get(node, 0) + 1
+    if gpu_type is None or tp is None or not per_node:
+        return None
+    return RunningReplicas(
+        gpu_type=gpu_type, tensor_parallel=tp, nodes=tuple(sorted(per_node.items()))
+    )
+
+
+def placement_status(p: ServicePlacement) -> dict[str, Any] | None:
+    """status.placement for a planner decision (None when nothing could be chosen)."""
+    if p.option is None:
+        return None
+    mem = p.memory
+    out: dict[str, Any] = {
+        "gpuType": p.option.gpu_type,
+        "tensorParallel": p.option.tensor_parallel,
+        "gpusPerReplica": p.option.gpus_per_replica,
+        "replicasPlaced": p.replicas_placed,
+        "replicasWanted": p.replicas_wanted,
+    }
+    if mem is not None:
+        kv = mem.kv_capacity_tokens * mem.kv_bytes_per_token
+        overhead = mem.activation_bytes + mem.cuda_graph_bytes + mem.runtime_overhead_bytes
+        out["memory"] = {
+            "weightsGiB": round(mem.weights_bytes / GIB, 2),
+            "kvCacheGiB": round(kv / GIB, 2),
+            "overheadGiB": round(overhead / GIB, 2),
+            "totalGiB": round((mem.weights_bytes + kv + overhead) / GIB, 2),
+            "capacityGiB": round(mem.gpu_memory_bytes / GIB, 2),
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the controller saw of the Deployment it owns (None: it does not exist)."""
+
+    generation: int | None = None
+    observed_generation: int | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    spec_replicas: int = 0
+    conditions: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_deployment(cls, dep: Mapping[str, Any] | None) -> Observed | None:
+        if dep is None:
+            return None
+        st = dep.get("status", {}) or {}
+        return cls(
+            generation=dep.get("metadata", {}).get("generation"),
+            observed_generation=st.get("observedGeneration"),
+            replicas=int(st.get("replicas", 0) or 0),
+            ready_replicas=int(st.get("readyReplicas", 0) or 0),
+            updated_replicas=int(st.get("updatedReplicas", 0) or 0),
+            spec_replicas=int(dep.get("spec", {}).get("replicas", 0) or 0),
+            conditions=tuple(st.get("conditions", []) or []),
+        )
+
+    def condition(self, ctype: str) -> Mapping[str, Any] | None:
+        for c in self.conditions:
+            if c.get("type") == ctype:
+                return c
+        return None
+
+
+def serving_conditions(
+    placement: ServicePlacement, observed: Observed | None, target: int
+) -> list[Condition]:
+    """Ready / Placed / Progressing / Degraded from the plan and the Deployment's state."""
+    conds: list[Condition] = []
+    if placement.option is None or placement.replicas_placed < placement.replicas_wanted:
+        conds.append(Condition("Placed", "False", placement.reason, placement.message))
+    else:
+        conds.append(Condition("Placed", "True", "Placed", placement.message))
+
+    if observed is None:
+        if placement.option is None:
+            conds.append(Condition("Ready", "False", placement.reason, placement.message))
+        else:
+            conds.append(Condition("Ready", "False", "Creating", "the Deployment is being created"))
+        conds.append(Condition("Progressing", "False", "NotStarted", "nothing to roll out"))
+        conds.append(Condition("Degraded", "False", "AsExpected", ""))
+        return conds
+
+    rolled = (
+        observed.observed_generation is not None
+        and observed.generation is not None
+        and observed.observed_generation >= observed.generation
+    )
+    settled = (
+        rolled
+        and observed.updated_replicas >= target
+        and observed.ready_replicas >= target
+        and observed.replicas == target
+    )
+    if target == 0:
+        conds.append(Condition("Ready", "True", "ScaledToZero", "no replicas requested"))
+    elif observed.ready_replicas >= target and rolled:
+        conds.append(
+            Condition(
+                "Ready",
+                "True",
+                "ReplicasReady",
+                f"{observed.ready_replicas}/{target} replicas ready",
+            )
+        )
+    elif observed.ready_replicas > 0:
+        conds.append(
+            Condition(
+                "Ready",
+                "True",
+                "PartiallyReady",
+                f"{observed.ready_replicas}/{target} replicas ready; serving while the rest start",
+            )
+        )
+    else:
+        reason = "ModelLoading" if observed.replicas > 0 else "WaitingForReplicas"
+        conds.append(Condition("Ready", "False", reason, f"0/{target} replicas ready"))
+
+    if settled:
+        conds.append(
+            Condition("Progressing", "False", "RolloutComplete", f"{target} replicas up to date")
+        )
+    else:
+        conds.append(
+            Condition(
+                "Progressing",
+                "True",
+                "RollingOut",
+                f"{observed.updated_replicas} updated, {observed.ready_replicas} ready of {target}",
+            )
+        )
+    stalled = observed.condition("Progressing")
+    failure = observed.condition("ReplicaFailure")
+    if stalled is not None and stalled.get("reason") == "ProgressDeadlineExceeded":
+        conds.append(
+            Condition(
+                "Degraded", "True", "ProgressDeadlineExceeded", str(stalled.get("message", ""))
+            )
+        )
+    elif failure is not None and failure.get("status") == "True":
+        conds.append(
+            Condition("Degraded", "True", "ReplicaFailure", str(failure.get("message", "")))
+        )
+    elif placement.option is not None and placement.replicas_placed < placement.replicas_wanted:
+        conds.append(Condition("Degraded", "True", placement.reason, placement.message))
+    else:
+        conds.append(Condition("Degraded", "False", "AsExpected", ""))
+    return conds
+
+
+def compute_status(
+    *,
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    name: str,
+    placement: ServicePlacement | None,
+    observed: Observed | None,
+    target: int,
+    revision: str | None,
+    conditions: Sequence[Condition],
+    now: str,
+) -> dict[str, Any]:
+    """The whole status block (fields the controller owns), conditions merged."""
+    prev = dict(previous or {})
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "replicas": observed.replicas if observed else 0,
+        "readyReplicas": observed.ready_replicas if observed else 0,
+        "desiredReplicas": target,
+        "selector": selector_string(name),
+        "conditions": merge_conditions(
+            prev.get("conditions"), conditions, generation=generation, now=now
+        ),
+    }
+    if placement is not None:
+        ps = placement_status(placement)
+        if ps is not None:
+            status["placement"] = ps
+    if revision is not None:
+        status["revision"] = revision
+    return status
+
+
+def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """True when writing ``new`` would change what ``old`` says (fields of ``new`` only)."""
+    old = old or {}
+    return any(old.get(k) != v for k, v in new.items())
