@@ -1,0 +1,587 @@
+"""InferenceService spec: what model to serve, how to run vLLM, where, and how to scale.
+
+Field descriptions here are what `kubectl explain inferenceservice.spec...` prints.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final
+
+from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+from kvpilot.api.base import (
+    DNS_SUBDOMAIN_PATTERN,
+    CelRule,
+    KvModel,
+    Quantity,
+    cel_rules,
+    check,
+    sub_object,
+)
+from kvpilot.api.names import (
+    DType,
+    GPUTypeName,
+    KVCacheDType,
+    Quantization,
+    TensorParallel,
+)
+
+DEFAULT_IMAGE: Final = "vllm/vllm-openai:v0.11.0"
+DEFAULT_PORT: Final = 8000
+DEFAULT_MAX_MODEL_LEN: Final = 8192
+DEFAULT_STARTUP_TIMEOUT_SECONDS: Final = 1800
+
+# hf://ORG/NAME, pvc://CLAIM[/PATH], s3://BUCKET[/PATH]. RE2-compatible (used in CEL too).
+SOURCE_PATTERN: Final = (
+    "^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+    "|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/].*)?"
+    "|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/].*)?)$"
+)
+# vLLM flags that kvpilot derives from other fields (placement and networking depend on them).
+RESERVED_FLAGS: Final = (
+    "--model",
+    "--tensor-parallel-size",
+    "-tp",
+    "--pipeline-parallel-size",
+    "-pp",
+    "--data-parallel-size",
+    "-dp",
+    "--host",
+    "--port",
+)
+# Environment variable names: C identifier-like, as most tools expect.
+ENV_NAME_PATTERN: Final = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+SECRET_KEY_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"
+SERVED_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+REVISION_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+
+
+# --- spec.model ---------------------------------------------------------------------
+
+SHAPE_KV_HEADS = CelRule(
+    rule="!has(self.attentionHeads) || !has(self.kvHeads) || "
+    "self.attentionHeads % self.kvHeads == 0",
+    message="kvHeads must divide attentionHeads (grouped-query attention shares each KV head "
+    "among an equal number of query heads)",
+    field_path=".kvHeads",
+)
+SHAPE_ACTIVE_PARAMETERS = CelRule(
+    rule="!has(self.activeParametersBillions) || !has(self.parametersBillions) || "
+    "self.activeParametersBillions <= self.parametersBillions",
+    message="activeParametersBillions must not exceed parametersBillions",
+    field_path=".activeParametersBillions",
+)
+
+
+class ModelShape(KvModel):
+    """Transformer dimensions that decide GPU memory (weights and KV cache per token)."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(SHAPE_KV_HEADS, SHAPE_ACTIVE_PARAMETERS))
+
+    parameters_billions: float | None = Field(
+        None, gt=0, le=100_000, description="Total parameters, in billions (all experts of a MoE)."
+    )
+    active_parameters_billions: float | None = Field(
+        None, gt=0, le=100_000, description="Parameters active per token, in billions (MoE only)."
+    )
+    layers: int | None = Field(None, ge=1, le=1024, description="Transformer layers.")
+    hidden_size: int | None = Field(None, ge=1, le=1_048_576, description="Hidden size.")
+    attention_heads: int | None = Field(
+        None,
+        ge=1,
+        le=16_384,
+        description="Query attention heads; the tensor-parallel size must divide it.",
+    )
+    kv_heads: int | None = Field(
+        None,
+        ge=1,
+        le=16_384,
+        description="Key/value heads (grouped-query attention); divides attentionHeads.",
+    )
+    head_dim: int | None = Field(
+        None, ge=1, le=4096, description="Dimension of one attention head."
+    )
+    intermediate_size: int | None = Field(
+        None, ge=1, le=4_194_304, description="MLP intermediate size."
+    )
+    vocab_size: int | None = Field(None, ge=1, le=16_777_216, description="Vocabulary size.")
+    tied_embeddings: bool | None = Field(
+        None, description="Whether the LM head shares the input embedding's weights."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelShape:
+        if self.attention_heads is not None and self.kv_heads is not None:
+            check(self.attention_heads % self.kv_heads == 0, SHAPE_KV_HEADS)
+        if self.active_parameters_billions is not None and self.parameters_billions is not None:
+            check(
+                self.active_parameters_billions <= self.parameters_billions, SHAPE_ACTIVE_PARAMETERS
+            )
+        return self
+
+
+MODEL_SOURCE = CelRule(
+    rule=f"self.matches('{SOURCE_PATTERN}')",
+    message="source must be hf://ORG/NAME, pvc://CLAIM[/PATH] or s3://BUCKET[/PATH]",
+)
+MODEL_REVISION_HF_ONLY = CelRule(
+    rule="!has(self.revision) || self.source.startsWith('hf://')",
+    message="revision applies to hf:// sources only",
+    field_path=".revision",
+)
+MODEL_QUANT_DTYPE = CelRule(
+    rule="!has(self.quantization) || !has(self.dtype) || "
+    "!(self.quantization in ['awq', 'gptq']) || self.dtype in ['auto', 'float16']",
+    message="dtype must be auto or float16 with awq or gptq quantization "
+    "(vLLM's awq and gptq kernels refuse bfloat16)",
+    field_path=".dtype",
+)
+
+
+class ModelSpec(KvModel):
+    """The model to serve and the numeric formats to serve it in."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(MODEL_REVISION_HF_ONLY, MODEL_QUANT_DTYPE)
+    )
+
+    source: str = Field(
+        min_length=1,
+        max_length=512,
+        description="Where the weights come from: hf://ORG/NAME (Hugging Face Hub), "
+        "pvc://CLAIM[/PATH] (a PersistentVolumeClaim in the same namespace) or "
+        "s3://BUCKET[/PATH] (streamed by vLLM's Run:ai model streamer).",
+        json_schema_extra=cel_rules(MODEL_SOURCE),
+    )
+    served_name: str | None = Field(
+        None,
+        max_length=256,
+        pattern=SERVED_NAME_PATTERN,
+        description="Model name clients send in OpenAI requests; defaults to metadata.name.",
+    )
+    revision: str | None = Field(
+        None,
+        max_length=256,
+        pattern=REVISION_PATTERN,
+        description="Hugging Face revision (branch, tag or commit) of an hf:// source.",
+    )
+    quantization: Quantization = Field(
+        "none",
+        description="Weight format of the checkpoint: none (dtype), awq or gptq (4-bit), "
+        "fp8, int8 (W8A8, detected from the checkpoint). Decides memory planning and "
+        "vLLM's --quantization.",
+    )
+    dtype: DType = Field(
+        "auto", description="Activation and unquantized weight dtype (vLLM --dtype)."
+    )
+    kv_cache_dtype: KVCacheDType = Field(
+        "auto", description="KV cache element type; fp8 halves KV memory (vLLM --kv-cache-dtype)."
+    )
+    max_model_len: int = Field(
+        DEFAULT_MAX_MODEL_LEN,
+        ge=128,
+        le=10_485_760,
+        description="Longest sequence (prompt + output tokens) a request may use; "
+        "sizes the KV cache.",
+    )
+    shape: ModelShape | None = Field(
+        None,
+        description="Model dimensions for memory planning. Overrides the built-in catalog field "
+        "by field; a model not in the catalog needs at least parametersBillions, layers, "
+        "attentionHeads and kvHeads.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        check(re.fullmatch(SOURCE_PATTERN, value) is not None, MODEL_SOURCE)
+        return value
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelSpec:
+        check(self.revision is None or self.source.startswith("hf://"), MODEL_REVISION_HF_ONLY)
+        check(
+            self.quantization not in ("awq", "gptq") or self.dtype in ("auto", "float16"),
+            MODEL_QUANT_DTYPE,
+        )
+        return self
+
+
+# --- spec.runtime ---------------------------------------------------------------------
+
+
+class EnvVar(KvModel):
+    """An environment variable of the vLLM container."""
+
+    name: str = Field(
+        min_length=1, max_length=256, pattern=ENV_NAME_PATTERN, description="Variable name."
+    )
+    value: str = Field("", max_length=32_768, description="Variable value.")
+
+
+class SecretKeyRef(KvModel):
+    """A key of a Secret in the InferenceService's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name."
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key within the Secret.",
+    )
+
+
+MODEL_CACHE_SIZE = CelRule(
+    rule="!(has(self.claimName) && has(self.sizeLimit))",
+    message="sizeLimit applies to the emptyDir cache only; "
+    "a PersistentVolumeClaim has its own size",
+    field_path=".sizeLimit",
+)
+
+
+class ModelCache(KvModel):
+    """Where downloaded weights and the Hugging Face cache live."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(MODEL_CACHE_SIZE))
+
+    claim_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="PersistentVolumeClaim to keep the cache across restarts; "
+        "without it the cache is an emptyDir that lives as long as the pod.",
+    )
+    size_limit: Quantity | None = Field(None, description="Size limit of the emptyDir cache.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelCache:
+        check(self.claim_name is None or self.size_limit is None, MODEL_CACHE_SIZE)
+        return self
+
+
+RUNTIME_BATCHED_TOKENS = CelRule(
+    rule="!has(self.maxNumSeqs) || !has(self.maxNumBatchedTokens) || "
+    "self.maxNumBatchedTokens >= self.maxNumSeqs",
+    message="maxNumBatchedTokens must be at least maxNumSeqs (vLLM refuses smaller)",
+    field_path=".maxNumBatchedTokens",
+)
+RUNTIME_RESERVED_FLAGS = CelRule(
+    rule="self.all(a, !["
+    + ", ".join(f"'{f}'" for f in RESERVED_FLAGS)
+    + "].exists(f, a == f || a.startsWith(f + '=')))",
+    message="extraArgs must not set --model, --tensor-parallel-size, --pipeline-parallel-size, "
+    "--data-parallel-size, --host or --port: kvpilot derives them from the spec",
+)
+
+
+class RuntimeSpec(KvModel):
+    """How the vLLM container runs."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(RUNTIME_BATCHED_TOKENS))
+
+    image: str = Field(
+        DEFAULT_IMAGE, min_length=1, max_length=512, description="vLLM OpenAI server image."
+    )
+    port: int = Field(
+        DEFAULT_PORT, ge=1, le=65535, description="Port of the OpenAI API and /metrics."
+    )
+    extra_args: tuple[Annotated[str, Field(max_length=1024)], ...] = Field(
+        (),
+        max_length=64,
+        description="Further vLLM arguments, appended after the ones kvpilot renders.",
+        json_schema_extra=cel_rules(RUNTIME_RESERVED_FLAGS),
+    )
+    env: tuple[EnvVar, ...] = Field(
+        (),
+        max_length=64,
+        description="Extra environment variables; one with a name kvpilot sets replaces it.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="Secret key holding a Hugging Face token; passed as HF_TOKEN by reference.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Fraction of each GPU's memory vLLM may use (--gpu-memory-utilization).",
+    )
+    max_num_seqs: int | None = Field(
+        None, ge=1, le=65_536, description="Most sequences batched at once (--max-num-seqs)."
+    )
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=16_777_216,
+        description="Most tokens processed in one engine step (--max-num-batched-tokens).",
+    )
+    enable_prefix_caching: bool | None = Field(
+        None, description="Turn automatic prefix caching on or off; unset keeps vLLM's default."
+    )
+    shm_size: Quantity = Field(
+        "8Gi",
+        description="Size of the memory-backed /dev/shm "
+        "(NCCL uses it between tensor-parallel ranks).",
+    )
+    model_cache: ModelCache = sub_object(ModelCache, "Volume for downloaded weights.")
+    cpu: Quantity | None = Field(None, description="CPU request of the vLLM container.")
+    memory: Quantity | None = Field(None, description="Memory request of the vLLM container.")
+    startup_timeout_seconds: int = Field(
+        DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        ge=60,
+        le=86_400,
+        description="How long a replica may take to load the model and become healthy "
+        "before it is restarted (startup probe budget).",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> RuntimeSpec:
+        if self.max_num_seqs is not None and self.max_num_batched_tokens is not None:
+            check(self.max_num_batched_tokens >= self.max_num_seqs, RUNTIME_BATCHED_TOKENS)
+        return self
+
+    @field_validator("extra_args")
+    @classmethod
+    def _reserved_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        reserved = (a for a in value for f in RESERVED_FLAGS if a == f or a.startswith(f + "="))
+        check(next(reserved, None) is None, RUNTIME_RESERVED_FLAGS)
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, value: tuple[EnvVar, ...]) -> tuple[EnvVar, ...]:
+        names = [e.name for e in value]
+        if len(set(names)) != len(names):
+            raise ValueError("env must not repeat a name")
+        return value
+
+
+# --- spec.parallelism, spec.placement -----------------------------------------------
+
+TENSOR_VALUES = CelRule(
+    rule="type(self) == string ? self == 'auto' : self in [1, 2, 4, 8]",
+    message='tensor must be "auto" or one of 1, 2, 4, 8',
+)
+
+IntOrString = WithJsonSchema(
+    {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
+)
+
+
+class ParallelismSpec(KvModel):
+    """How one replica is split across GPUs."""
+
+    tensor: Annotated[TensorParallel, IntOrString] = Field(
+        "auto",
+        description='Tensor-parallel size: "auto" lets the planner choose, or 1, 2, 4 or 8 GPUs.',
+        json_schema_extra=cel_rules(TENSOR_VALUES),
+    )
+
+
+class PlacementSpec(KvModel):
+    """Which GPUs the replicas may use and how they compete for them."""
+
+    gpu_types: tuple[GPUTypeName, ...] = Field(
+        (),
+        max_length=12,
+        description="Acceptable GPU types, most preferred first (H100-80GB, H200-141GB, "
+        "A100-80GB, A100-40GB, L40S-48GB, L4-24GB, A10G-24GB, or a family name that has "
+        "one size: H100, H200, L40S, L4, A10G). Empty: any type the model fits, cheapest first.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    priority: int = Field(
+        0,
+        ge=-1_000_000,
+        le=1_000_000_000,
+        description="Placement priority; when GPUs are short, higher priority services win.",
+    )
+    preemptible: bool = Field(
+        False, description="Whether higher-priority services may take this service's GPUs."
+    )
+    target_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=65_536,
+        description="Sequences of maxModelLen tokens each replica's KV cache must hold; "
+        "derived from maxModelLen when unset.",
+    )
+
+    @field_validator("gpu_types")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("gpuTypes must not repeat a type")
+        return value
+
+
+# --- spec.scaling -------------------------------------------------------------------
+
+
+class ScalingTargets(KvModel):
+    """Per-replica load the autoscaler aims for."""
+
+    queue_depth_per_replica: float = Field(
+        4.0,
+        gt=0,
+        le=10_000,
+        description="Waiting requests per replica (vllm:num_requests_waiting) to aim for.",
+    )
+    kv_cache_utilization: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="KV cache usage (vllm:kv_cache_usage_perc, 0..1) to aim for.",
+    )
+
+
+class ScaleUpRules(KvModel):
+    """How fast replicas are added."""
+
+    stabilization_window_seconds: int = Field(
+        0,
+        ge=0,
+        le=3600,
+        description="Use the lowest recommendation of this window before scaling up.",
+    )
+    max_replicas_per_step: int | None = Field(
+        None, ge=1, le=1000, description="Most replicas added per period; unset: no limit."
+    )
+    period_seconds: int = Field(15, ge=1, le=1800, description="Period of maxReplicasPerStep.")
+
+
+class ScaleDownRules(KvModel):
+    """How fast replicas are removed."""
+
+    stabilization_window_seconds: int = Field(
+        300,
+        ge=0,
+        le=3600,
+        description="Use the highest recommendation of this window before scaling down.",
+    )
+    max_replicas_per_step: int | None = Field(
+        None, ge=1, le=1000, description="Most replicas removed per period; unset: no limit."
+    )
+    period_seconds: int = Field(60, ge=1, le=1800, description="Period of maxReplicasPerStep.")
+
+
+SCALING_BOUNDS = CelRule(
+    rule="!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+    message="minReplicas must not exceed maxReplicas",
+    field_path=".minReplicas",
+)
+SCALING_WINDOWS = CelRule(
+    rule="!has(self.panicWindowSeconds) || !has(self.stableWindowSeconds) || "
+    "self.panicWindowSeconds <= self.stableWindowSeconds",
+    message="panicWindowSeconds must not exceed stableWindowSeconds",
+    field_path=".panicWindowSeconds",
+)
+
+
+class ScalingSpec(KvModel):
+    """Autoscaling bounds, targets and damping; active when maxReplicas > minReplicas."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(SCALING_BOUNDS, SCALING_WINDOWS))
+
+    min_replicas: int = Field(1, ge=0, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(1, ge=1, le=1000, description="Most replicas.")
+    targets: ScalingTargets = sub_object(ScalingTargets, "Per-replica load to aim for.")
+    stable_window_seconds: int = Field(
+        180, ge=10, le=3600, description="Window over which load is averaged for normal decisions."
+    )
+    panic_window_seconds: int = Field(
+        60, ge=5, le=3600, description="Short window that reacts to bursts."
+    )
+    panic_threshold: float = Field(
+        2.0,
+        gt=1,
+        le=100,
+        description="Scale on the panic window once its desired replicas exceed this multiple "
+        "of the current replicas.",
+    )
+    tolerance: float = Field(
+        0.1, ge=0, lt=1, description="Relative deviation from target ignored as noise."
+    )
+    scale_up: ScaleUpRules = sub_object(ScaleUpRules, "Rate limits for adding replicas.")
+    scale_down: ScaleDownRules = sub_object(ScaleDownRules, "Rate limits for removing replicas.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> ScalingSpec:
+        check(self.min_replicas <= self.max_replicas, SCALING_BOUNDS)
+        check(self.panic_window_seconds <= self.stable_window_seconds, SCALING_WINDOWS)
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas > self.min_replicas
+
+
+# --- spec ---------------------------------------------------------------------------
+
+_TENSOR_IS_INT = (
+    "has(self.model.shape) && has(self.parallelism) && has(self.parallelism.tensor) && "
+    "type(self.parallelism.tensor) == int"
+)
+SPEC_REPLICAS_IN_BOUNDS = CelRule(
+    rule="!has(self.replicas) || !has(self.scaling) || !has(self.scaling.minReplicas) || "
+    "!has(self.scaling.maxReplicas) || self.scaling.minReplicas >= self.scaling.maxReplicas || "
+    "(self.replicas >= self.scaling.minReplicas && self.replicas <= self.scaling.maxReplicas)",
+    message="replicas must lie within scaling.minReplicas..scaling.maxReplicas while autoscaling",
+    field_path=".replicas",
+)
+SPEC_TP_HEADS = CelRule(
+    rule=f"!({_TENSOR_IS_INT} && has(self.model.shape.attentionHeads)) || "
+    "self.model.shape.attentionHeads % self.parallelism.tensor == 0",
+    message="parallelism.tensor must divide model.shape.attentionHeads",
+    field_path=".parallelism.tensor",
+)
+SPEC_TP_KV_HEADS = CelRule(
+    rule=f"!({_TENSOR_IS_INT} && has(self.model.shape.kvHeads)) || "
+    "self.model.shape.kvHeads % self.parallelism.tensor == 0 || "
+    "self.parallelism.tensor % self.model.shape.kvHeads == 0",
+    message="parallelism.tensor must divide model.shape.kvHeads or be a multiple of it",
+    field_path=".parallelism.tensor",
+)
+
+
+class InferenceServiceSpec(KvModel):
+    """Desired state of an InferenceService."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(SPEC_REPLICAS_IN_BOUNDS, SPEC_TP_HEADS, SPEC_TP_KV_HEADS)
+    )
+
+    replicas: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="Desired replicas, written by the autoscaler or `kubectl scale` "
+        "(the scale subresource); unset means scaling.minReplicas.",
+    )
+    model: ModelSpec = Field(description="The model to serve.")
+    runtime: RuntimeSpec = sub_object(RuntimeSpec, "The vLLM container.")
+    parallelism: ParallelismSpec = sub_object(ParallelismSpec, "GPUs per replica.")
+    placement: PlacementSpec = sub_object(PlacementSpec, "GPU types, priority and preemption.")
+    scaling: ScalingSpec = sub_object(ScalingSpec, "Autoscaling bounds, targets and damping.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> InferenceServiceSpec:
+        s = self.scaling
+        if self.replicas is not None and s.autoscaling:
+            check(s.min_replicas <= self.replicas <= s.max_replicas, SPEC_REPLICAS_IN_BOUNDS)
+        shape, tp = self.model.shape, self.parallelism.tensor
+        if shape is not None and isinstance(tp, int):
+            if shape.attention_heads is not None:
+                check(shape.attention_heads % tp == 0, SPEC_TP_HEADS)
+            if shape.kv_heads is not None:
+                kv = shape.kv_heads
+                check(kv % tp == 0 or tp % kv == 0, SPEC_TP_KV_HEADS)
+        return self
+
+    @property
+    def desired_replicas(self) -> int:
+        """spec.replicas, or scaling.minReplicas when nobody has scaled yet."""
+        return self.replicas if self.replicas is not None else self.scaling.min_replicas

@@ -1,0 +1,225 @@
+"""`MetricsSource` on Prometheus (prometheus-api-client's `PrometheusConnect`).
+
+One range query per signal over [now - window, now] at a fixed step gives the
+policy aligned per-pod time series. The PromQL is a set of `string.Template`s
+so it fits any label convention; ``$selector`` expands to the label matchers
+of one inference service. The defaults match the labels the kvpilot pod
+runner (and a typical kubernetes-pods scrape config) attach: ``namespace``,
+``pod``, ``inference_service``, ``revision``; and only current vLLM (V1)
+metric names.
+
+Synchronous, no retries, short timeouts: the controller calls it in a worker
+thread every decision interval, and a slow or broken Prometheus must turn into
+fail-static quickly rather than stall the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from string import Template
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from kvpilot.autoscaling.source import (
+    MetricsResult,
+    MetricsUnavailable,
+    MetricsWindow,
+    ReplicaSeries,
+    Sample,
+    ServiceRef,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromQLTemplates:
+    """PromQL per signal. Every query must return one series per pod (label `pod_label`).
+
+    Placeholders: ``$selector`` (in the signal queries) and, in ``selector`` /
+    ``revision_selector``, ``$namespace``, ``$name``, ``$revision``. ``ttft``,
+    ``completed`` and ``last_scrape`` are optional (None leaves them out).
+    """
+
+    selector: str = 'namespace="$namespace",inference_service="$name"'
+    revision_selector: str = ',revision="$revision"'
+    waiting: str = "sum by (pod) (vllm:num_requests_waiting{$selector})"
+    running: str = "sum by (pod) (vllm:num_requests_running{$selector})"
+    kv_cache: str = "avg by (pod) (vllm:kv_cache_usage_perc{$selector})"
+    completed: str | None = "sum by (pod) (rate(vllm:request_success_total{$selector}[1m]))"
+    ttft: str | None = (
+        "histogram_quantile(0.9, sum by (pod, le) "
+        "(rate(vllm:time_to_first_token_seconds_bucket{$selector}[1m])))"
+    )
+    last_scrape: str | None = "max by (pod) (timestamp(vllm:num_requests_waiting{$selector}))"
+    pod_label: str = "pod"
+
+
+def _quote(value: str) -> str:
+    """Escape a value for a PromQL double-quoted string."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_queries(templates: PromQLTemplates, service: ServiceRef) -> dict[str, str]:
+    """The PromQL for one service, by signal name (optional ones only when set)."""
+    names = {
+        "namespace": _quote(service.namespace),
+        "name": _quote(service.name),
+        "revision": _quote(service.revision or ""),
+    }
+    selector = Template(templates.selector).substitute(names)
+    if service.revision:
+        selector += Template(templates.revision_selector).substitute(names)
+    out = {}
+    for key in ("waiting", "running", "kv_cache", "completed", "ttft", "last_scrape"):
+        template = getattr(templates, key)
+        if template is not None:
+            out[key] = Template(template).substitute(selector=selector)
+    return out
+
+
+_CORE = ("waiting", "running", "kv_cache")
+_Values = dict[str, dict[float, float]]
+
+
+def _parse_value(raw: Any) -> float:
+    # Prometheus encodes sample values as strings ("1.5", "NaN", "+Inf").
+    return float(raw)
+
+
+def _by_pod(result: Any, pod_label: str, what: str) -> _Values:
+    if not isinstance(result, list):
+        raise ValueError(f"{what}: unexpected response shape")
+    out: _Values = {}
+    for entry in result:
+        metric = entry.get("metric", {})
+        pod = metric.get(pod_label)
+        if not pod:
+            raise ValueError(f"{what}: a series has no {pod_label!r} label: {metric}")
+        points = out.setdefault(pod, {})
+        if "values" in entry:
+            for ts, value in entry["values"]:
+                points[round(float(ts), 3)] = _parse_value(value)
+        elif "value" in entry:
+            ts, value = entry["value"]
+            points[round(float(ts), 3)] = _parse_value(value)
+    return out
+
+
+def _join(values: Mapping[str, _Values], last_scrape: Mapping[str, float]) -> list[ReplicaSeries]:
+    waiting, running, kv = values["waiting"], values["running"], values["kv_cache"]
+    ttft, completed = values.get("ttft", {}), values.get("completed", {})
+    series = []
+    for pod in sorted(set(waiting) & set(running) & set(kv)):
+        stamps = sorted(set(waiting[pod]) & set(running[pod]) & set(kv[pod]))
+        samples = tuple(
+            Sample(
+                timestamp=t,
+                waiting=waiting[pod][t],
+                running=running[pod][t],
+                kv_cache_utilization=kv[pod][t],
+                ttft_seconds=ttft.get(pod, {}).get(t),
+                completed_per_second=completed.get(pod, {}).get(t),
+            )
+            for t in stamps
+        )
+        if samples:
+            series.append(
+                ReplicaSeries(pod=pod, samples=samples, last_scraped_at=last_scrape.get(pod))
+            )
+    return series
+
+
+class PrometheusMetricsSource:
+    """Reads the vLLM signals of one inference service from the Prometheus HTTP API."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        templates: PromQLTemplates | None = None,
+        step_seconds: float = 15.0,
+        timeout_seconds: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+        disable_ssl: bool = False,
+        client: PrometheusConnect | None = None,
+    ) -> None:
+        if step_seconds <= 0:
+            raise ValueError("step_seconds must be positive")
+        self.templates = templates or PromQLTemplates()
+        self.step_seconds = step_seconds
+        self.timeout_seconds = timeout_seconds
+        self._client = client or PrometheusConnect(
+            url=url.rstrip("/"),
+            headers=dict(headers) if headers else None,
+            disable_ssl=disable_ssl,
+            # No retries: a failed read is fail-static now and retried next decision.
+            retry=Retry(total=False),
+            timeout=timeout_seconds,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def query(self, service: ServiceRef, *, now: float, window_seconds: float) -> MetricsResult:
+        """Per-pod series over [now - window_seconds, now]; never raises for backend errors."""
+        queries = render_queries(self.templates, service)
+        start = datetime.fromtimestamp(now - window_seconds, tz=UTC)
+        end = datetime.fromtimestamp(now, tz=UTC)
+        step = f"{self.step_seconds:g}"
+        values: dict[str, _Values] = {}
+        for key, promql in queries.items():
+            try:
+                if key == "last_scrape":
+                    raw = self._client.custom_query(promql, params={"time": f"{now:.3f}"})
+                else:
+                    raw = self._client.custom_query_range(promql, start, end, step)
+                values[key] = _by_pod(raw, self.templates.pod_label, key)
+            except (
+                requests.RequestException,
+                PrometheusApiClientException,
+                ValueError,
+                KeyError,
+                TypeError,
+            ) as exc:
+                reason = f"Prometheus query for {key} failed: {_describe(exc)}"
+                if key in _CORE:
+                    return MetricsUnavailable(reason)
+                log.warning("Skipped optional signal, %s query=%r", reason, promql)
+        present = [key for key in _CORE if values[key]]
+        if present and len(present) < len(_CORE):
+            missing = [key for key in _CORE if not values[key]]
+            return MetricsUnavailable(
+                f"no series for {', '.join(missing)} while {', '.join(present)} has some; "
+                f"check the PromQL templates ({queries[missing[0]]})"
+            )
+        last_scrape = {
+            pod: max(points.values())
+            for pod, points in values.get("last_scrape", {}).items()
+            if points and all(math.isfinite(v) for v in points.values())
+        }
+        return MetricsWindow(
+            start=now - window_seconds,
+            end=now,
+            step=self.step_seconds,
+            replicas=tuple(_join(values, last_scrape)),
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "cannot connect"
+    text = str(exc)
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,166 @@
+"""Calibrates a latency profile against a running vLLM server (used for the CPU profile).
+
+Measures, at the client, (a) the inter-token latency of decode batches of 1, 2
+and 4 sequences at short and long contexts and (b) the time to first token of
+single prompts of several lengths on an idle server, then fits the effective
+rates of :func:`kvpilot_runtime.latency.step_time` (plus the front end's fixed
+per-request latency) by least squares on relative errors.
+
+    python -m kvpilot_runtime.calibrate --url http://127.0.0.1:8000 --model tiny \
+        --model-dir /path/to/tiny-model --csv out.csv --profile-out cpu.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import dataclasses
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvpilot_runtime.latency import (
+    Batch,
+    ModelShape,
+    PrefillChunk,
+    Profile,
+    step_time,
+)
+from kvpilot_runtime.models import shape_from_config
+from kvpilot_runtime.probe import Sweep
+
+DECODE_POINTS = ((1, 16), (2, 16), (4, 16), (1, 512), (2, 512), (4, 512))
+PREFILL_LENGTHS = (32, 128, 256, 512, 900)
+DECODE_TOKENS = 48
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured point: what kind, its batch, and the median latency (s)."""
+
+    kind: str  # "decode" (ITL) or "prefill" (TTFT)
+    concurrency: int
+    prompt_len: int
+    seconds: float
+
+    def batch(self) -> Batch:
+        if self.kind == "decode":
+            ctx = self.prompt_len + DECODE_TOKENS // 2
+            return Batch(decode_contexts=(ctx,) * self.concurrency)
+        return Batch(prefill_chunks=(PrefillChunk(self.prompt_len, 0),))
+
+
+async def measure(url: str, model: str, repeats: int = 3) -> list[Measurement]:
+    out: list[Measurement] = []
+    # Warm-up so first-request effects stay out of the data.
+    await Sweep(url, model, 1, 64, 8, 2).run()
+    for conc, plen in DECODE_POINTS:
+        res = await Sweep(
+            url, model, conc, plen, DECODE_TOKENS, repeats, seed=conc * 1000 + plen
+        ).run()
+        itls = [x for r in res if r.error is None for x in r.itls]
+        out.append(Measurement("decode", conc, plen, statistics.median(itls)))
+    for plen in PREFILL_LENGTHS:
+        res = await Sweep(url, model, 1, plen, 1, repeats + 2, seed=plen).run()
+        ttfts = [r.ttft for r in res if r.error is None and r.ttft is not None]
+        out.append(Measurement("prefill", 1, plen, statistics.median(ttfts)))
+    return out
+
+
+def predict(profile: Profile, shape: ModelShape, m: Measurement, frontend: float) -> float:
+    t = step_time(profile, shape, 1, m.batch())
+    return t + (frontend if m.kind == "prefill" else 0.0)
+
+
+FIT_KEYS = (
+    "step_overhead_s",
+    "weight_bandwidth_bytes_per_s",
+    "kv_bandwidth_bytes_per_s",
+    "matmul_flops_per_s",
+    "attention_flops_per_s",
+)
+
+
+def fit(
+    base: Profile, shape: ModelShape, data: Sequence[Measurement]
+) -> tuple[Profile, float, float]:
+    """Least squares on relative errors; returns the profile, frontend latency, RMS error."""
+    import numpy as np
+    from scipy.optimize import least_squares  # type: ignore[import-untyped,unused-ignore]
+
+    eff = base.effective
+    x0 = np.log([*(getattr(eff, k) for k in FIT_KEYS), 1e-3])
+
+    def build(x: np.ndarray) -> tuple[Profile, float]:
+        vals = dict(zip(FIT_KEYS, (float(v) for v in np.exp(x[:-1])), strict=True))
+        return base.with_effective(**vals), float(np.exp(x[-1]))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        prof, fe = build(x)
+        return np.array([predict(prof, shape, m, fe) / m.seconds - 1.0 for m in data])
+
+    res = least_squares(residuals, x0, method="trf")
+    prof, fe = build(res.x)
+    rms = math.sqrt(float(np.mean(res.fun**2)))
+    return prof, fe, rms
+
+
+def write_csv(path: Path, data: Sequence[Measurement]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["kind", "concurrency", "prompt_len", "decode_tokens", "median_seconds"])
+        for m in data:
+            w.writerow([m.kind, m.concurrency, m.prompt_len, DECODE_TOKENS, f"{m.seconds:.6f}"])
+
+
+def read_csv(path: Path) -> list[Measurement]:
+    with path.open() as fh:
+        return [
+            Measurement(
+                r["kind"], int(r["concurrency"]), int(r["prompt_len"]), float(r["median_seconds"])
+            )
+            for r in csv.DictReader(fh)
+        ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", help="vLLM server to measure (omit to refit --csv)")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--model-dir", required=True, help="model directory (its config.json)")
+    p.add_argument("--csv", required=True, type=Path)
+    p.add_argument("--base-profile", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+
+    from kvpilot_runtime.latency import load_profile
+
+    shape = shape_from_config(json.loads((Path(args.model_dir) / "config.json").read_text()))
+    if args.url:
+        data = asyncio.run(measure(args.url, args.model, args.repeats))
+        write_csv(args.csv, data)
+    else:
+        data = read_csv(args.csv)
+    prof, fe, rms = fit(load_profile(args.base_profile), shape, data)
+    for m in data:
+        print(
+            f"{m.kind:8s} c={m.concurrency} len={m.prompt_len:4d} "
+            f"measured={m.seconds * 1e3:8.2f} ms "
+            f"fitted={predict(prof, shape, m, fe) * 1e3:8.2f} ms"
+        )
+    out = {k: float(f"{v:.4g}") for k, v in dataclasses.asdict(prof.effective).items()}
+    print(
+        json.dumps(
+            {"effective": out, "frontend_latency_s": float(f"{fe:.4g}"), "rms_rel_error": rms},
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

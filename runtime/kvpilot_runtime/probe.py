@@ -1,0 +1,236 @@
+"""A small open-loop load client for one OpenAI-compatible replica.
+
+Used to calibrate the CPU profile and to compare the simulator with real vLLM:
+it sends streaming ``/v1/completions`` requests with token-id prompts (so both
+servers see exactly the same number of prompt tokens), records TTFT and
+inter-token latencies at the client, and samples the replica's ``/metrics``
+(queue depth, running requests, KV-cache usage) while the load runs. Bounded
+in count and time; loopback addresses only is the caller's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """One request of a load: when to send it (seconds from start) and its sizes."""
+
+    at: float
+    prompt_token_ids: tuple[int, ...]
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    sent: float
+    ttft: float | None
+    itls: tuple[float, ...]
+    e2e: float | None
+    output_tokens: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    time: float
+    waiting: float
+    running: float
+    kv_usage: float
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: tuple[RequestResult, ...]
+    samples: tuple[MetricSample, ...]
+    duration: float
+
+    def summary(self) -> dict[str, float]:
+        """Median TTFT and ITL, mean queue depth, running and KV usage, failures."""
+        ok = [r for r in self.requests if r.error is None and r.ttft is not None]
+        itls = [x for r in ok for x in r.itls]
+        samples = self.samples
+        return {
+            "requests": float(len(self.requests)),
+            "failed": float(len(self.requests) - len(ok)),
+            "median_ttft_s": statistics.median([r.ttft for r in ok if r.ttft is not None])
+            if ok
+            else float("nan"),
+            "median_itl_s": statistics.median(itls) if itls else float("nan"),
+            "mean_queue_depth": statistics.fmean(s.waiting for s in samples)
+            if samples
+            else float("nan"),
+            "mean_running": statistics.fmean(s.running for s in samples)
+            if samples
+            else float("nan"),
+            "mean_kv_usage": statistics.fmean(s.kv_usage for s in samples)
+            if samples
+            else float("nan"),
+        }
+
+
+def poisson_plan(
+    rate: float,
+    duration: float,
+    *,
+    prompt_len: tuple[int, int],
+    max_tokens: int,
+    vocab: int,
+    seed: int,
+) -> list[RequestPlan]:
+    """Open-loop Poisson arrivals over ``duration`` seconds with uniform prompt lengths."""
+    rng = random.Random(seed)
+    plans: list[RequestPlan] = []
+    t = rng.expovariate(rate)
+    while t < duration:
+        n = rng.randint(*prompt_len)
+        # Ids from 2 upward avoid the BOS/EOS ids of the test tokenizer.
+        prompt = tuple(rng.randrange(2, vocab) for _ in range(n))
+        plans.append(RequestPlan(at=t, prompt_token_ids=prompt, max_tokens=max_tokens))
+        t += rng.expovariate(rate)
+    return plans
+
+
+def parse_gauges(text: str, names: Sequence[str]) -> dict[str, float]:
+    """Sums the samples of the named gauges in a Prometheus text exposition."""
+    out = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in out:
+            out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, model: str, plan: RequestPlan, start: float
+) -> RequestResult:
+    delay = start + plan.at - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    sent = time.monotonic()
+    body = {
+        "model": model,
+        "prompt": list(plan.prompt_token_ids),
+        "max_tokens": plan.max_tokens,
+        "min_tokens": plan.max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "temperature": 0.0,
+    }
+    times: list[float] = []
+    try:
+        async with session.post(f"{url}/v1/completions", json=body) as resp:
+            if resp.status != 200:
+                return RequestResult(sent - start, None, (), None, 0, f"HTTP {resp.status}")
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if chunk.get("choices"):
+                    times.append(time.monotonic())
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return RequestResult(sent - start, None, (), None, len(times), type(exc).__name__)
+    if not times:
+        return RequestResult(sent - start, None, (), None, 0, "no tokens")
+    itls = tuple(b - a for a, b in itertools.pairwise(times))
+    return RequestResult(sent - start, times[0] - sent, itls, times[-1] - sent, len(times))
+
+
+async def _sampler(
+    session: aiohttp.ClientSession, url: str, start: float, interval: float, stop: asyncio.Event
+) -> list[MetricSample]:
+    names = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc")
+    samples: list[MetricSample] = []
+    while not stop.is_set():
+        try:
+            async with session.get(f"{url}/metrics") as resp:
+                g = parse_gauges(await resp.text(), names)
+            samples.append(
+                MetricSample(time.monotonic() - start, g[names[0]], g[names[1]], g[names[2]])
+            )
+        except aiohttp.ClientError:
+            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+    return samples
+
+
+async def run_load(
+    url: str,
+    model: str,
+    plans: Sequence[RequestPlan],
+    *,
+    sample_interval: float = 0.25,
+    request_timeout: float = 120.0,
+) -> LoadResult:
+    """Sends ``plans`` open-loop and samples /metrics until the last request ends.
+
+    Samples are taken only while requests are outstanding (from the first send
+    to the last response), so idle tails do not dilute the means.
+    """
+    timeout = aiohttp.ClientTimeout(total=request_timeout)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        start = time.monotonic() + 0.1
+        stop = asyncio.Event()
+        first = plans[0].at if plans else 0.0
+
+        async def sample_later() -> list[MetricSample]:
+            delay = start + first - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return await _sampler(session, url, start, sample_interval, stop)
+
+        sampler = asyncio.create_task(sample_later())
+        results = await asyncio.gather(*(_one(session, url, model, p, start) for p in plans))
+        stop.set()
+        samples = await sampler
+        return LoadResult(tuple(results), tuple(samples), time.monotonic() - start)
+
+
+@dataclass
+class Sweep:
+    """Closed-loop helper for calibration: ``concurrency`` clients back to back."""
+
+    url: str
+    model: str
+    concurrency: int
+    prompt_len: int
+    max_tokens: int
+    requests_per_client: int
+    vocab: int = 400
+    seed: int = 0
+    results: list[RequestResult] = field(default_factory=list)
+
+    async def run(self) -> list[RequestResult]:
+        rng = random.Random(self.seed)
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def client() -> None:
+                for _ in range(self.requests_per_client):
+                    prompt = tuple(rng.randrange(2, self.vocab) for _ in range(self.prompt_len))
+                    plan = RequestPlan(0.0, prompt, self.max_tokens)
+                    self.results.append(
+                        await _one(session, self.url, self.model, plan, time.monotonic())
+                    )
+
+            await asyncio.gather(*(client() for _ in range(self.concurrency)))
+        return self.results

@@ -1,0 +1,449 @@
+"""Multi-service placement: priorities, guarantees, packing, stability."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from kvpilot.planning.gpus import GIB
+from kvpilot.planning.inventory import (
+    Inventory,
+    NodeGPUs,
+    build_inventory,
+    nodes_from_inventory_file,
+)
+from kvpilot.planning.memory import MemoryBreakdown
+from kvpilot.planning.models import CATALOG
+from kvpilot.planning.placement import (
+    PlacementPlan,
+    RunningReplicas,
+    ServiceDemand,
+    pin_running,
+    plan_placement,
+    running_replicas,
+)
+from kvpilot.planning.service import plan_services, service_from_manifest
+from kvpilot.planning.tp import (
+    FitOption,
+    ModelFits,
+    NoGPUTypeFits,
+    TypeRejection,
+    UnknownModelShape,
+)
+
+MEM = MemoryBreakdown(
+    gpu_type="H100-80GB",
+    tensor_parallel=1,
+    gpu_memory_bytes=80 * GIB,
+    gpu_memory_utilization=0.9,
+    budget_bytes=72 * GIB,
+    weights_bytes=15 * GIB,
+    kv_cache_bytes=4 * GIB,
+    activation_bytes=2 * GIB,
+    cuda_graph_bytes=GIB // 2,
+    runtime_overhead_bytes=GIB // 2,
+    kv_bytes_per_token=128 * 1024,
+    max_model_len=8192,
+    target_sequences=4,
+    kv_capacity_tokens=400_000,
+)
+
+
+def opt(gpu: str, tp: int) -> FitOption:
+    return FitOption(gpu, tp, replace(MEM, gpu_type=gpu, tensor_parallel=tp))
+
+
+def svc(
+    name: str,
+    *options: FitOption,
+    prio: int = 0,
+    min: int = 1,
+    max: int = 8,
+    want: int | None = None,
+    preemptible: bool = False,
+    running: RunningReplicas | None = None,
+) -> ServiceDemand:
+    return ServiceDemand(
+        name=name,
+        fit=ModelFits(CATALOG["llama-3.1-8b"], tuple(options)),
+        priority=prio,
+        min_replicas=min,
+        max_replicas=max,
+        desired_replicas=want,
+        preemptible=preemptible,
+        running=running,
+    )
+
+
+def pool(*nodes: tuple[str, str, int, int]) -> Inventory:
+    """(name, GPU type, GPUs, GPUs used by other workloads)."""
+    return Inventory(tuple(NodeGPUs(n, t, "", None, g, u) for n, t, g, u in nodes))
+
+
+def summary(plan: PlacementPlan) -> list[tuple[Any, ...]]:
+    return [
+        (
+            s.name,
+            s.reason,
+            s.gpu_type,
+            s.tensor_parallel,
+            s.replicas_placed,
+            s.replicas_wanted,
+            s.nodes,
+        )
+        for s in plan.services
+    ]
+
+
+H2 = pool(("h-0", "H100-80GB", 8, 0), ("h-1", "H100-80GB", 8, 0))
+H1 = pool(("h-0", "H100-80GB", 8, 0))
+H, A = "H100-80GB", "A100-80GB"
+
+
+@pytest.mark.parametrize(
+    ("demands", "inventory", "expected"),
+    [
+        pytest.param(
+            [svc("a", opt(H, 4), want=3)],
+            H2,
+            [("a", "Placed", H, 4, 3, 3, (("h-0", 2), ("h-1", 1)))],
+            id="best-fit fills one node before starting the next",
+        ),
+        pytest.param(
+            [svc("small", opt(H, 1), prio=10, want=3), svc("big", opt(H, 8))],
+            pool(("h-0", H, 8, 0), ("h-1", H, 8, 5)),
+            [
+                ("big", "Placed", H, 8, 1, 1, (("h-0", 1),)),
+                ("small", "Placed", H, 1, 3, 3, (("h-1", 3),)),
+            ],
+            id="small replicas fill the fragment, the whole node stays free for TP8",
+        ),
+        pytest.param(
+            [svc("hi", opt(H, 4), prio=100, want=2), svc("lo", opt(H, 4), want=2)],
+            H1,
+            [
+                ("hi", "InsufficientCapacity", H, 4, 1, 2, (("h-0", 1),)),
+                ("lo", "InsufficientCapacity", H, 4, 1, 2, (("h-0", 1),)),
+            ],
+            id="a lower-priority minimum is kept against higher-priority growth",
+        ),
+        pytest.param(
+            [
+                svc("hi", opt(H, 4), prio=100, want=2),
+                svc("lo", opt(H, 4), want=2, preemptible=True),
+            ],
+            H1,
+            [
+                ("hi", "Placed", H, 4, 2, 2, (("h-0", 2),)),
+                ("lo", "Preempted", H, 4, 0, 2, ()),
+            ],
+            id="a preemptible service gives up even its minimum",
+        ),
+        pytest.param(
+            [svc("hi", opt(H, 4), prio=100, min=2, want=2), svc("lo", opt(H, 4), want=1)],
+            H1,
+            [
+                ("hi", "Placed", H, 4, 2, 2, (("h-0", 2),)),
+                ("lo", "InsufficientCapacity", H, 4, 0, 1, ()),
+            ],
+            id="higher-priority minimums come first",
+        ),
+        pytest.param(
+            [svc("hi", opt(H, 2), prio=5, want=6), svc("lo", opt(H, 2), min=0, want=4)],
+            H1,
+            [
+                ("hi", "InsufficientCapacity", H, 2, 4, 6, (("h-0", 4),)),
+                ("lo", "InsufficientCapacity", H, 2, 0, 4, ()),
+            ],
+            id="minReplicas 0 is no guarantee",
+        ),
+        pytest.param(
+            [svc("a", opt(H, 2), want=4), svc("b", opt(H, 2), want=4)],
+            H1,
+            [
+                ("a", "InsufficientCapacity", H, 2, 2, 4, (("h-0", 2),)),
+                ("b", "InsufficientCapacity", H, 2, 2, 4, (("h-0", 2),)),
+            ],
+            id="equal priorities share a shortage round-robin",
+        ),
+        pytest.param(
+            [svc("a", opt(H, 1), opt(A, 1), want=2)],
+            pool(("h-0", H, 8, 8), ("a-0", A, 8, 0)),
+            [("a", "Placed", A, 1, 2, 2, (("a-0", 2),))],
+            id="falls back to the next preferred GPU type",
+        ),
+        pytest.param(
+            [svc("a", opt(H, 4), opt(A, 4), want=2)],
+            pool(("h-0", H, 8, 4), ("a-0", A, 8, 0)),
+            [("a", "Placed", A, 4, 2, 2, (("a-0", 2),))],
+            id="prefers a type that holds every wanted replica",
+        ),
+        pytest.param(
+            [svc("a", opt(H, 4), opt(A, 8), want=2)],
+            pool(("h-0", H, 8, 4), ("a-0", A, 8, 4)),
+            [("a", "InsufficientCapacity", H, 4, 1, 2, (("h-0", 1),))],
+            id="else the first type that holds the minimum",
+        ),
+        pytest.param(
+            [svc("a", opt("L4-24GB", 1), want=1)],
+            H1,
+            [("a", "InsufficientCapacity", "L4-24GB", 1, 0, 1, ())],
+            id="no nodes of the type",
+        ),
+        pytest.param(
+            [svc("a", opt(H, 1), min=0, want=0)],
+            H1,
+            [("a", "Placed", H, 1, 0, 0, ())],
+            id="scaled to zero is placed",
+        ),
+        pytest.param(
+            [svc("a", opt(H, 1), min=2, max=4, want=9), svc("b", opt(H, 1), min=2, max=4, want=1)],
+            H1,
+            [
+                ("a", "Placed", H, 1, 4, 4, (("h-0", 4),)),
+                ("b", "Placed", H, 1, 2, 2, (("h-0", 2),)),
+            ],
+            id="desired replicas are clamped to min and max",
+        ),
+    ],
+)
+def test_plan_placement(
+    demands: list[ServiceDemand], inventory: Inventory, expected: list[tuple[Any, ...]]
+) -> None:
+    assert summary(plan_placement(demands, inventory)) == expected
+
+
+def test_fit_failures_pass_through() -> None:
+    shape = CATALOG["llama-3.1-70b"]
+    rejection = TypeRejection("L4-24GB", "WeightsExceedMemory", "L4-24GB: too small")
+    demands = [
+        ServiceDemand("nofit", NoGPUTypeFits(shape, (rejection,))),
+        ServiceDemand("unknown", UnknownModelShape("model 'x' is not in the catalog")),
+    ]
+    plan = plan_placement(demands, H1)
+    assert [(s.name, s.reason, s.message, s.replicas_placed, s.option) for s in plan.services] == [
+        ("nofit", "NoGPUTypeFits", "no GPU type fits the model: L4-24GB: too small", 0, None),
+        ("unknown", "UnknownModelShape", "model 'x' is not in the catalog", 0, None),
+    ]
+
+
+def test_messages_explain_shortages() -> None:
+    plan = plan_placement(
+        [
+            svc("ns/hi", opt(H, 4), prio=100, want=2),
+            svc("ns/lo", opt(H, 4), want=2),
+            svc("ns/spot", opt(H, 4), prio=-1, want=1, preemptible=True),
+        ],
+        H1,
+    )
+    assert [(s.name, s.message) for s in plan.services] == [
+        (
+            "ns/hi",
+            "1 of 2 replicas placed on H100-80GB at TP4: each replica needs 4 GPUs on one node, "
+            "and the largest free block of H100-80GB is 0; lower-priority services keep their "
+            "minReplicas: ns/lo (4 GPUs)",
+        ),
+        (
+            "ns/lo",
+            "1 of 2 replicas placed on H100-80GB at TP4: each replica needs 4 GPUs on one node, "
+            "and the largest free block of H100-80GB is 0; higher-priority services hold "
+            "ns/hi (priority 100, 4 GPUs)",
+        ),
+        (
+            "ns/spot",
+            "preempted: 0 of 1 replicas placed (below minReplicas) on H100-80GB at TP4: each "
+            "replica needs 4 GPUs on one node, and the largest free block of H100-80GB is 0; "
+            "higher-priority services hold ns/hi (priority 100, 4 GPUs), "
+            "ns/lo (priority 0, 4 GPUs)",
+        ),
+    ]
+    assert plan.free == (("h-0", 0),)
+    assert plan.gpus_used == 8
+
+
+def test_running_service_keeps_its_gpu_type() -> None:
+    inventory = pool(("a-0", A, 8, 0), ("a-1", A, 8, 0), ("h-0", H, 8, 0))
+    running = RunningReplicas(A, 1, (("a-1", 2),))
+    demand = svc("a", opt(H, 1), opt(A, 1), want=3, running=running)
+    assert summary(plan_placement([demand], inventory)) == [
+        ("a", "Placed", A, 1, 3, 3, (("a-1", 3),))
+    ]
+    assert summary(plan_placement([demand], inventory, keep_running=False)) == [
+        ("a", "Placed", H, 1, 3, 3, (("h-0", 3),))
+    ]
+
+
+def test_running_on_a_type_that_no_longer_fits_is_not_pinned() -> None:
+    running = RunningReplicas("L4-24GB", 1, (("l4-0", 1),))
+    assert pin_running([opt(H, 1), opt(A, 1)], running) == [opt(H, 1), opt(A, 1)]
+    assert pin_running([opt(H, 1), opt(A, 1)], RunningReplicas(A, 1, (("a-0", 1),))) == [opt(A, 1)]
+    assert pin_running([opt(H, 1)], RunningReplicas(H, 2, (("h-0", 1),))) == [opt(H, 1)]
+
+
+def test_plan_is_deterministic_and_order_independent() -> None:
+    demands = [
+        svc(f"s{i}", opt(H, tp), opt(A, tp), prio=p, want=w)
+        for i, (tp, p, w) in enumerate([(1, 0, 5), (2, 10, 3), (4, 10, 2), (8, 5, 1), (1, 10, 4)])
+    ]
+    inventory = pool(("h-0", H, 8, 3), ("h-1", H, 8, 0), ("a-0", A, 8, 1), ("a-1", A, 8, 0))
+    first = plan_placement(demands, inventory)
+    for seed in range(5):
+        shuffled = list(demands)
+        random.Random(seed).shuffle(shuffled)
+        assert plan_placement(shuffled, inventory) == first
+
+
+def test_duplicate_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        plan_placement([svc("a", opt(H, 1)), svc("a", opt(H, 1))], H1)
+
+
+def test_running_replicas_from_pods() -> None:
+    inventory = pool(("a-0", A, 8, 0), ("h-0", H, 8, 0))
+
+    def p(node: str, gpus: int, svc_name: str = "chat", **extra: Any) -> dict[str, Any]:
+        meta = {"namespace": "ml", "labels": {"kvpilot.io/inference-service": svc_name}} | extra
+        return {
+            "metadata": meta,
+            "spec": {
+                "nodeName": node,
+                "containers": [{"resources": {"limits": {"nvidia.com/gpu": gpus}}}],
+            },
+            "status": {"phase": "Running"},
+        }
+
+    pods = [
+        p("h-0", 2),
+        p("h-0", 2),
+        p("a-0", 2),  # old replica elsewhere, mid-migration
+        p("h-0", 2, deletionTimestamp="2024-01-01T00:00:00Z"),
+        p("a-0", 1, "other"),
+        {"metadata": {"labels": {}}, "spec": {"nodeName": "a-0"}},
+    ]
+    assert running_replicas(pods, inventory) == {
+        "ml/chat": RunningReplicas(H, 2, (("h-0", 2),)),
+        "ml/other": RunningReplicas(A, 1, (("a-0", 1),)),
+    }
+
+
+def manifest(name: str, source: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kvpilot.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": "serving"},
+        "spec": {"model": {"source": source}} | spec,
+    }
+
+
+DEFAULT_INVENTORY = {
+    "nodes": [
+        {"name": "h100", "count": 2, "gpuType": "H100-80GB", "gpus": 8},
+        {"name": "a100", "count": 2, "gpuType": "A100-80GB", "gpus": 8},
+        {"name": "l4", "count": 4, "gpuType": "L4-24GB", "gpus": 1},
+    ]
+}
+
+
+def three_services(high_replicas: int, low_preemptible: bool = False) -> list[dict[str, Any]]:
+    return [
+        manifest(
+            "chat-70b",
+            "hf://meta-llama/Llama-3.1-70B-Instruct",
+            replicas=high_replicas,
+            placement={"gpuTypes": ["H100-80GB"], "priority": 100},
+            scaling={"minReplicas": 1, "maxReplicas": 4},
+        ),
+        manifest(
+            "code-8b",
+            "hf://meta-llama/Llama-3.1-8B-Instruct",
+            replicas=8,
+            placement={
+                "gpuTypes": ["H100-80GB", "A100-80GB"],
+                "priority": 0,
+                "preemptible": low_preemptible,
+            },
+            scaling={"minReplicas": 1, "maxReplicas": 8},
+        ),
+        manifest(
+            "small",
+            "hf://Qwen/Qwen2.5-1.5B-Instruct",
+            replicas=4,
+            placement={"gpuTypes": ["L4-24GB"], "priority": 50},
+            scaling={"minReplicas": 1, "maxReplicas": 6},
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("high_replicas", "low_preemptible", "expected"),
+    [
+        (
+            2,
+            False,
+            [
+                ("serving/chat-70b", "Placed", H, 4, 2, 2, (("h100-0", 2),)),
+                ("serving/code-8b", "Placed", H, 1, 8, 8, (("h100-1", 8),)),
+                (
+                    "serving/small",
+                    "Placed",
+                    "L4-24GB",
+                    1,
+                    4,
+                    4,
+                    (("l4-0", 1), ("l4-1", 1), ("l4-2", 1), ("l4-3", 1)),
+                ),
+            ],
+        ),
+        (
+            3,
+            False,
+            [
+                ("serving/chat-70b", "Placed", H, 4, 3, 3, (("h100-0", 2), ("h100-1", 1))),
+                ("serving/code-8b", "InsufficientCapacity", H, 1, 4, 8, (("h100-1", 4),)),
+                (
+                    "serving/small",
+                    "Placed",
+                    "L4-24GB",
+                    1,
+                    4,
+                    4,
+                    (("l4-0", 1), ("l4-1", 1), ("l4-2", 1), ("l4-3", 1)),
+                ),
+            ],
+        ),
+        (
+            4,
+            False,
+            [
+                (
+                    "serving/chat-70b",
+                    "InsufficientCapacity",
+                    H,
+                    4,
+                    3,
+                    4,
+                    (("h100-0", 2), ("h100-1", 1)),
+                ),
+                ("serving/code-8b", "InsufficientCapacity", H, 1, 4, 8, (("h100-1", 4),)),
+                (
+                    "serving/small",
+                    "Placed",
+                    "L4-24GB",
+                    1,
+                    4,
+                    4,
+                    (("l4-0", 1), ("l4-1", 1), ("l4-2", 1), ("l4-3", 1)),
+                ),
+            ],
+        ),
+    ],
+)
+def test_three_services_on_the_default_inventory(
+    high_replicas: int, low_preemptible: bool, expected: list[tuple[Any, ...]]
+) -> None:
+    inventory = build_inventory(nodes_from_inventory_file(DEFAULT_INVENTORY))
+    services = [service_from_manifest(m) for m in three_services(high_replicas, low_preemptible)]
+    assert summary(plan_services(services, inventory)) == expected
