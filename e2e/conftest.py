@@ -70,3 +70,18 @@ def namespace(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[str]
     )
     yield name
     cluster.kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[Path]:
+    """The kvpilot operator running against the dev cluster (CRDs installed first).
+
+    Yields the operator's log file, which tests print when something fails.
+    """
+    from e2e.operator import install_crds, running_operator
+
+    install_crds(cluster.kube)
+    log_file = cluster.layout.logs / "operator-e2e.log"
+    log_file.write_text("")
+    with running_operator(cluster.kubeconfig, log_file):
+        yield log_file
