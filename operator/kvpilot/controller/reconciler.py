@@ -114,7 +114,13 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     key = service_key(meta["namespace"], meta["name"])
     with _lock(key):
-        return _reconcile(kube, body)
+        # Concurrent triggers (spec change, Deployment events, the timer) queue
+        # here; read the latest object so status and Events build on what the
+        # previous run wrote rather than on a stale copy.
+        fresh = kube.get(API_VERSION, "InferenceService", meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return Outcome()
+        return _reconcile(kube, fresh)
 
 
 def _reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
