@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check operator runtime tests e2e bench
 	$(VENV)/bin/ruff format --check operator runtime tests e2e bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/kvpilot crd --check
 
 run: $(STAMP)
 	$(VENV)/bin/kvpilot run

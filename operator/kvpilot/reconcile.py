@@ -97,13 +97,14 @@ def running_replicas(
     )
 
 
-def placement_status(p: ServicePlacement) -> dict[str, Any] | None:
+def placement_status(p: ServicePlacement, product: str | None = None) -> dict[str, Any] | None:
     """status.placement for a planner decision (None when nothing could be chosen)."""
     if p.option is None:
         return None
     mem = p.memory
     out: dict[str, Any] = {
         "gpuType": p.option.gpu_type,
+        **({"gpuProduct": product} if product else {}),
         "tensorParallel": p.option.tensor_parallel,
         "gpusPerReplica": p.option.gpus_per_replica,
         "replicasPlaced": p.replicas_placed,
@@ -253,6 +254,7 @@ def compute_status(
     revision: str | None,
     conditions: Sequence[Condition],
     now: str,
+    gpu_product: str | None = None,
 ) -> dict[str, Any]:
     """The whole status block (fields the controller owns), conditions merged."""
     prev = dict(previous or {})
@@ -267,7 +269,7 @@ def compute_status(
         ),
     }
     if placement is not None:
-        ps = placement_status(placement)
+        ps = placement_status(placement, gpu_product)
         if ps is not None:
             status["placement"] = ps
     if revision is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,33 @@ def test_parse_inference_service() -> None:
         {**body, "spec": {"model": {**MINIMAL["model"], "servedName": "llama-8b"}}}
     )
     assert named.served_name == "llama-8b"
+
+
+def test_parse_accepts_mapping_views_and_tolerates_a_foreign_status() -> None:
+    class View(Mapping[str, Any]):
+        """Stands for kopf's read-only body views (Mappings, not dicts)."""
+
+        def __init__(self, data: dict[str, Any]) -> None:
+            self._data = data
+
+        def __getitem__(self, key: str) -> Any:
+            value = self._data[key]
+            return View(value) if isinstance(value, dict) else value
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._data)
+
+        def __len__(self) -> int:
+            return len(self._data)
+
+    body = {
+        "metadata": {"name": "llama", "namespace": "ns", "uid": "u"},
+        "spec": {**MINIMAL, "runtime": {"extraArgs": ("--enforce-eager",)}},
+        "status": {"conditions": [{"type": "Ready"}]},
+    }
+    isvc = parse_inference_service(View(body))
+    assert isvc.spec.runtime.extra_args == ("--enforce-eager",)
+    assert isvc.status is None
 
 
 def test_parse_inference_service_needs_identity() -> None:

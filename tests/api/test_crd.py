@@ -83,7 +83,7 @@ def test_printer_columns() -> None:
 
 
 def resolve(path: str) -> dict[str, Any]:
-    node = ROOT
+    node: dict[str, Any] = ROOT
     for part in path.strip(".").split("."):
         if node.get("type") == "array":
             node = node["items"]

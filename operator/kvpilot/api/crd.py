@@ -170,7 +170,7 @@ def _printer_columns() -> list[dict[str, Any]]:
         {"name": "Quant", "type": "string", "jsonPath": ".spec.model.quantization"},
         {"name": "TP", "type": "integer", "jsonPath": ".status.placement.tensorParallel"},
         {"name": "GPU", "type": "string", "jsonPath": ".status.placement.gpuType"},
-        {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
+        {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "Status", "type": "string", "jsonPath": f"{ready}.status"},
         {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason", "priority": 1},

@@ -71,9 +71,18 @@ def _problem(root: str, err: ErrorDetails) -> tuple[str, str]:
     return _format_path(root, loc), message
 
 
+def _plain(data: object) -> object:
+    """Plain JSON types from any Mapping/Sequence views (kopf hands over its own)."""
+    if isinstance(data, Mapping):
+        return {str(k): _plain(v) for k, v in data.items()}
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        return [_plain(v) for v in data]
+    return data
+
+
 def _validate(model: type[M], data: object, root: str, what: str) -> M:
     try:
-        return model.model_validate_json(json.dumps(data), strict=True)
+        return model.model_validate_json(json.dumps(_plain(data)), strict=True)
     except ValidationError as err:
         raise InvalidObjectError(what, [_problem(root, e) for e in err.errors()]) from None
     except (TypeError, ValueError) as err:  # not JSON-serialisable input
@@ -91,7 +100,11 @@ def parse_status(status: Mapping[str, Any] | None) -> InferenceServiceStatus:
 
 
 def parse_inference_service(body: Mapping[str, Any]) -> InferenceService:
-    """Parse a whole InferenceService object (as kopf or the API hands it over)."""
+    """Parse a whole InferenceService object (as kopf or the API hands it over).
+
+    Only identity and spec can make it invalid: a status the models cannot read (written
+    by another version) is dropped to None rather than blocking reconciliation.
+    """
     meta = body.get("metadata") or {}
     missing = [k for k in ("name", "namespace", "uid") if not meta.get(k)]
     if missing:
@@ -99,7 +112,10 @@ def parse_inference_service(body: Mapping[str, Any]) -> InferenceService:
             "InferenceService", [(f"metadata.{k}", "required") for k in missing]
         )
     spec = parse_spec(body.get("spec") or {})
-    status = parse_status(body["status"]) if body.get("status") else None
+    try:
+        status = parse_status(body["status"]) if body.get("status") else None
+    except InvalidObjectError:
+        status = None
     return InferenceService(
         name=meta["name"],
         namespace=meta["namespace"],

@@ -154,6 +154,7 @@ def _reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     placement: ServicePlacement = pool.plan.service(service_key(ns, name))
     dep_live = kube.get("apps/v1", "Deployment", ns, name)
     revision = previous.get("revision")
+    product: str | None = None
     target = 0
     if placement.option is None:
         # Nothing fits: create nothing new; what already serves keeps serving.
@@ -209,6 +210,7 @@ def _reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     status = compute_status(
         previous=previous, generation=generation, name=name, placement=placement,
         observed=observed, target=target, revision=revision, conditions=conds, now=now,
+        gpu_product=product,
     )  # fmt: skip
     if status_changed(previous, status):
         kube.patch_status(ns, name, status)
