@@ -723,24 +723,40 @@ def _allreduce_worker(rank: int, world: int, port: int, cfg_json: str, result_pa
     dist.init_process_group(
         backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     dtype = torch.float32 if smoke else torch.bfloat16
+    in_graph = 10  # all-reduces captured back to back in one graph
+    graph_ok = not smoke
     for hidden in cfg["hiddens"]:
         for n in cfg["tokens"]:
             x = torch.randn(n, hidden, device=dev, dtype=dtype)
+            nbytes = n * hidden * x.element_size()
             dist.barrier()
             times = time_fn(lambda x=x: dist.all_reduce(x), dev, 5, cfg["reps"])
             med, p10, p90 = summarize(times)
-            rows.append(
-                {
-                    "hidden": hidden,
-                    "n_tokens": n,
-                    "median_s": med,
-                    "p10_s": p10,
-                    "p90_s": p90,
-                    "bytes": n * hidden * (4 if smoke else 2),
-                }
-            )
+            row = {"hidden": hidden, "n_tokens": n, "bytes": nbytes, "mode": "eager"}
+            rows.append({**row, "median_s": med, "p10_s": p10, "p90_s": p90})
+            if not graph_ok:
+                continue
+            # Inside a CUDA graph, as in vLLM's decode steps: no host launch cost per call.
+            try:
+                side = torch.cuda.Stream(dev)
+                side.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        dist.all_reduce(x)
+                torch.cuda.current_stream(dev).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    for _ in range(in_graph):
+                        dist.all_reduce(x)
+                times = [t / in_graph for t in time_fn(graph.replay, dev, 3, cfg["reps"])]
+                med, p10, p90 = summarize(times)
+                rows.append({**row, "mode": "graph", "median_s": med, "p10_s": p10, "p90_s": p90})
+            except RuntimeError as exc:
+                graph_ok = False
+                if rank == 0:
+                    log(f"all-reduce in a CUDA graph failed; eager only from here: {exc!s:.200}")
     if rank == 0:
         Path(result_path).write_text(json.dumps(rows))
     dist.barrier()
@@ -768,7 +784,7 @@ def measure_allreduce(cfg: Config, sink: CsvSink, world: int) -> None:
         sink.row(
             model=f"hidden-{r['hidden']}",
             phase="allreduce",
-            mode="eager",
+            mode=r["mode"],
             tp=world,
             n_tokens=r["n_tokens"],
             median_s=r["median_s"],
@@ -776,10 +792,11 @@ def measure_allreduce(cfg: Config, sink: CsvSink, world: int) -> None:
             p90_s=r["p90_s"],
             reps=cfg.reps,
             comm_bytes=r["bytes"],
-            note="torch.distributed all_reduce, NCCL, one process per GPU",
+            note="torch.distributed all_reduce, NCCL, one process per GPU"
+            + ("; per call, 10 calls captured in one CUDA graph" if r["mode"] == "graph" else ""),
         )
         log(
-            f"allreduce tp={world} hidden={r['hidden']} n={r['n_tokens']:6d}: "
+            f"allreduce {r['mode']:5s} tp={world} hidden={r['hidden']} n={r['n_tokens']:6d}: "
             f"{r['median_s'] * 1e6:9.1f} us"
         )
 
@@ -848,6 +865,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--no-allreduce", action="store_true")
+    ap.add_argument(
+        "--allreduce-only", action="store_true", help="only the all-reduce (several GPUs)"
+    )
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -905,13 +925,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"environment: {json.dumps(env.info)}")
     sink = CsvSink(out / "measured.csv")
     try:
-        attn = Attention(device)
-        env.info["attention"] = attn.notes
-        env.info["consistency_rel_err"] = check_consistency(cfg, attn)
-        with torch.inference_mode():
-            measure_ceilings(cfg, sink)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        if args.allreduce_only:
+            shapes = ()
+        else:
+            attn = Attention(device)
+            env.info["attention"] = attn.notes
+            env.info["consistency_rel_err"] = check_consistency(cfg, attn)
+            with torch.inference_mode():
+                measure_ceilings(cfg, sink)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         for shape in shapes:
             if out_of_time(cfg):
                 log(f"deadline reached; {shape.name} not measured")
@@ -921,8 +944,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         world = 2 if args.smoke else (torch.cuda.device_count() if device.type == "cuda" else 1)
-        if world >= 2 and not args.no_allreduce and not out_of_time(cfg):
-            measure_allreduce(cfg, sink, min(world, 2))
+        if world >= 2 and not args.no_allreduce:
+            tp = 2
+            while tp <= world and not out_of_time(cfg):
+                measure_allreduce(cfg, sink, tp)
+                tp *= 2
         elif world < 2:
             log("one GPU: all-reduce not measured")
     finally:

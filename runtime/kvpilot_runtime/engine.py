@@ -417,8 +417,9 @@ class Engine:
                     break
                 self._waiting.popleft()
                 if not req.preempted:
-                    self._pc_queries += req.num_tokens
-                    self._pc_hits += num_cached
+                    if cfg.enable_prefix_caching:
+                        self._pc_queries += req.num_tokens
+                        self._pc_hits += num_cached
                     self._prompt_tokens += req.num_prompt_tokens
                 req.num_computed_tokens = num_cached
                 self._running.append(req)

@@ -34,12 +34,25 @@ class RequestPlan:
 
 @dataclass(frozen=True)
 class RequestResult:
+    """Client-side timings of one streamed request.
+
+    ``itls`` are the gaps between SSE chunks. Under load vLLM's front end merges
+    several tokens into one chunk, so :attr:`tpot` (the request's mean time per
+    output token after the first) is the robust inter-token latency.
+    """
+
     sent: float
     ttft: float | None
     itls: tuple[float, ...]
     e2e: float | None
     output_tokens: int
     error: str | None = None
+
+    @property
+    def tpot(self) -> float | None:
+        if self.ttft is None or self.e2e is None or self.output_tokens < 2:
+            return None
+        return (self.e2e - self.ttft) / (self.output_tokens - 1)
 
 
 @dataclass(frozen=True)
@@ -50,16 +63,29 @@ class MetricSample:
     kv_usage: float
 
 
+ENGINE_HISTOGRAMS = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:request_prefill_time_seconds",
+    "vllm:request_decode_time_seconds",
+)
+
+
 @dataclass(frozen=True)
 class LoadResult:
     requests: tuple[RequestResult, ...]
     samples: tuple[MetricSample, ...]
     duration: float
+    # Means of the server's own latency histograms over the run (sum/count deltas).
+    engine_means: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
-        """Median TTFT and ITL, mean queue depth, running and KV usage, failures."""
+        """Median TTFT and ITL (per-request TPOT), mean queue depth, running and KV usage."""
         ok = [r for r in self.requests if r.error is None and r.ttft is not None]
-        itls = [x for r in ok for x in r.itls]
+        tpots = [r.tpot for r in ok if r.tpot is not None]
+        gaps = [x for r in ok for x in r.itls]
         samples = self.samples
         return {
             "requests": float(len(self.requests)),
@@ -67,7 +93,8 @@ class LoadResult:
             "median_ttft_s": statistics.median([r.ttft for r in ok if r.ttft is not None])
             if ok
             else float("nan"),
-            "median_itl_s": statistics.median(itls) if itls else float("nan"),
+            "median_itl_s": statistics.median(tpots) if tpots else float("nan"),
+            "median_chunk_gap_s": statistics.median(gaps) if gaps else float("nan"),
             "mean_queue_depth": statistics.fmean(s.waiting for s in samples)
             if samples
             else float("nan"),
@@ -77,6 +104,7 @@ class LoadResult:
             "mean_kv_usage": statistics.fmean(s.kv_usage for s in samples)
             if samples
             else float("nan"),
+            **{f"server_mean_{k.removeprefix('vllm:')}": v for k, v in self.engine_means.items()},
         }
 
 
@@ -100,6 +128,23 @@ def poisson_plan(
         plans.append(RequestPlan(at=t, prompt_token_ids=prompt, max_tokens=max_tokens))
         t += rng.expovariate(rate)
     return plans
+
+
+def parse_sums(text: str, families: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the named histograms, summed over label sets."""
+    out = {f: (0.0, 0.0) for f in families}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        value = float(line.rsplit(" ", 1)[1])
+        for suffix, idx in (("_sum", 0), ("_count", 1)):
+            fam = name.removesuffix(suffix)
+            if name.endswith(suffix) and fam in out:
+                pair = list(out[fam])
+                pair[idx] += value
+                out[fam] = (pair[0], pair[1])
+    return out
 
 
 def parse_gauges(text: str, names: Sequence[str]) -> dict[str, float]:
@@ -128,8 +173,10 @@ async def _one(
         "min_tokens": plan.max_tokens,
         "ignore_eos": True,
         "stream": True,
+        "stream_options": {"include_usage": True},
         "temperature": 0.0,
     }
+    completion_tokens: int | None = None
     times: list[float] = []
     try:
         async with session.post(f"{url}/v1/completions", json=body) as resp:
@@ -145,12 +192,15 @@ async def _one(
                 chunk = json.loads(data)
                 if chunk.get("choices"):
                     times.append(time.monotonic())
+                if chunk.get("usage"):
+                    completion_tokens = int(chunk["usage"]["completion_tokens"])
     except (TimeoutError, aiohttp.ClientError) as exc:
         return RequestResult(sent - start, None, (), None, len(times), type(exc).__name__)
     if not times:
         return RequestResult(sent - start, None, (), None, 0, "no tokens")
     itls = tuple(b - a for a, b in itertools.pairwise(times))
-    return RequestResult(sent - start, times[0] - sent, itls, times[-1] - sent, len(times))
+    n_out = completion_tokens if completion_tokens is not None else len(times)
+    return RequestResult(sent - start, times[0] - sent, itls, times[-1] - sent, n_out)
 
 
 async def _sampler(
@@ -198,11 +248,23 @@ async def run_load(
                 await asyncio.sleep(delay)
             return await _sampler(session, url, start, sample_interval, stop)
 
+        before = await _sums(session, url)
         sampler = asyncio.create_task(sample_later())
         results = await asyncio.gather(*(_one(session, url, model, p, start) for p in plans))
         stop.set()
         samples = await sampler
-        return LoadResult(tuple(results), tuple(samples), time.monotonic() - start)
+        after = await _sums(session, url)
+        means = {}
+        for fam in ENGINE_HISTOGRAMS:
+            ds, dc = after[fam][0] - before[fam][0], after[fam][1] - before[fam][1]
+            if dc > 0:
+                means[fam] = ds / dc
+        return LoadResult(tuple(results), tuple(samples), time.monotonic() - start, means)
+
+
+async def _sums(session: aiohttp.ClientSession, url: str) -> dict[str, tuple[float, float]]:
+    async with session.get(f"{url}/metrics") as resp:
+        return parse_sums(await resp.text(), ENGINE_HISTOGRAMS)
 
 
 @dataclass

@@ -271,13 +271,19 @@ class SimServer:
     # -- engine loop ----------------------------------------------------------
 
     async def engine_loop(self) -> None:
+        # Steps run back to back on a virtual timeline: the time the loop itself
+        # takes (publishing tokens, serving HTTP) is absorbed into the next step
+        # instead of adding to it, so step times stay those of the model.
+        prev_deadline = 0.0
         while True:
             if not self.engine.has_unfinished():
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
-            start_real = time.monotonic()
-            result = self.engine.step(self.now())
+            now_real = time.monotonic()
+            busy = now_real - prev_deadline < 0.05
+            start_real = prev_deadline if busy else now_real
+            result = self.engine.step((start_real - self._started) * self.time_scale)
             if not result.scheduled:
                 self._publish_stats(0)
                 self._wakeup.clear()
@@ -289,12 +295,13 @@ class SimServer:
                 if tr is not None and tr.scheduled is None:
                     tr.scheduled = result.start
             deadline = start_real + result.duration / self.time_scale
+            prev_deadline = deadline
             delay = deadline - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
                 await asyncio.sleep(0)
-            end = self.now()
+            end = (deadline - self._started) * self.time_scale
             for ev in result.events:
                 tr = self._tracked.get(ev.request_id)
                 if tr is not None:
@@ -368,7 +375,7 @@ class SimServer:
         m.observe("vllm:request_max_num_generation_tokens", max_tokens)
         m.observe("vllm:request_params_max_tokens", max_tokens)
         m.observe("vllm:request_params_n", 1)
-        self._publish_stats(0)
+        # Like vLLM, the gauges change when the engine steps, not on arrival.
         self._wakeup.set()
         finished = False
         try:

@@ -73,7 +73,7 @@ def test_printer_columns() -> None:
         ("Quant", ".spec.model.quantization", 0),
         ("TP", ".status.placement.tensorParallel", 0),
         ("GPU", ".status.placement.gpuType", 0),
-        ("Desired", ".spec.replicas", 0),
+        ("Desired", ".status.desiredReplicas", 0),
         ("Ready", ".status.readyReplicas", 0),
         ("Status", '.status.conditions[?(@.type=="Ready")].status', 0),
         ("Reason", '.status.conditions[?(@.type=="Ready")].reason', 1),

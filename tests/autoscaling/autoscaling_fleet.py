@@ -58,9 +58,11 @@ class FleetModel:
     cold_start_seconds: float = 120.0
     step: float = 15.0
     noise: float = 0.0
+    """Relative noise on the observed per-replica signals (deterministic, seeded)."""
+    rate_noise: float = 0.0
+    """Relative noise on the arrivals of every second (deterministic, seeded)."""
     completions: bool = True
     """Report completed requests/s (vllm:request_success_total) with each sample."""
-    """Relative noise on the observed per-replica signals (deterministic, seeded)."""
     seed: int = 7
 
 
@@ -89,6 +91,7 @@ class Fleet:
         for _ in range(self.replicas):
             self._add_pod(ready_at=-math.inf)
         self._rng = random.Random(self.model.seed)
+        self._arrivals_rng = random.Random(self.model.seed + 1)
 
     def _add_pod(self, ready_at: float) -> None:
         self.ready_at.append(ready_at)
@@ -115,7 +118,12 @@ class Fleet:
             now = t + k
             capacity = len(self._ready(now)) * m.slots
             running = min(self.in_system, capacity)
-            self.in_system = max(0.0, self.in_system + rate(now) - running / m.service_seconds)
+            arrivals = rate(now)
+            if m.rate_noise:
+                arrivals *= 1.0 + self._arrivals_rng.uniform(-m.rate_noise, m.rate_noise)
+            self.in_system = max(0.0, self.in_system + arrivals - running / m.service_seconds)
+            if self.in_system < 0.01:
+                self.in_system = 0.0  # the fluid tail of the last requests: they are done
 
     def sample(self, t: float) -> None:
         m = self.model
@@ -161,8 +169,12 @@ def run(
     replicas: int = 1,
     model: FleetModel = FleetModel(),
     warm_in_system: float | None = None,
+    state_hook: Callable[[float, PolicyState], PolicyState] | None = None,
 ) -> list[Tick]:
-    """Run the closed loop for `seconds` (relative times in the result start at 0)."""
+    """Run the closed loop for `seconds` (relative times in the result start at 0).
+
+    `state_hook(t, state)` may replace the state before a decision (operator restarts).
+    """
     fleet = Fleet(config=config, model=model, replicas=replicas)
     if warm_in_system is not None:
         fleet.in_system = warm_in_system
@@ -176,6 +188,8 @@ def run(
         fleet.sample(t)
         spec = len(fleet.ready_at)
         ready = len(fleet._ready(t))
+        if state_hook is not None:
+            fleet.state = state_hook(rel, fleet.state)
         d = decide(
             config,
             fleet.state,

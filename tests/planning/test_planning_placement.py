@@ -347,7 +347,7 @@ DEFAULT_INVENTORY = {
 }
 
 
-def three_services(high_replicas: int, low_preemptible: bool = False) -> list[dict[str, Any]]:
+def three_services(high_replicas: int, low_types: list[str]) -> list[dict[str, Any]]:
     return [
         manifest(
             "chat-70b",
@@ -360,11 +360,7 @@ def three_services(high_replicas: int, low_preemptible: bool = False) -> list[di
             "code-8b",
             "hf://meta-llama/Llama-3.1-8B-Instruct",
             replicas=8,
-            placement={
-                "gpuTypes": ["H100-80GB", "A100-80GB"],
-                "priority": 0,
-                "preemptible": low_preemptible,
-            },
+            placement={"gpuTypes": low_types, "priority": 0},
             scaling={"minReplicas": 1, "maxReplicas": 8},
         ),
         manifest(
@@ -377,46 +373,36 @@ def three_services(high_replicas: int, low_preemptible: bool = False) -> list[di
     ]
 
 
+L4_NODES = (("l4-0", 1), ("l4-1", 1), ("l4-2", 1), ("l4-3", 1))
+SMALL = ("serving/small", "Placed", "L4-24GB", 1, 4, 4, L4_NODES)
+
+
 @pytest.mark.parametrize(
-    ("high_replicas", "low_preemptible", "expected"),
+    ("high_replicas", "low_types", "expected"),
     [
         (
             2,
-            False,
+            [H],
             [
                 ("serving/chat-70b", "Placed", H, 4, 2, 2, (("h100-0", 2),)),
                 ("serving/code-8b", "Placed", H, 1, 8, 8, (("h100-1", 8),)),
-                (
-                    "serving/small",
-                    "Placed",
-                    "L4-24GB",
-                    1,
-                    4,
-                    4,
-                    (("l4-0", 1), ("l4-1", 1), ("l4-2", 1), ("l4-3", 1)),
-                ),
+                SMALL,
             ],
         ),
+        # The high-priority service grows past what is free: the low one shrinks ...
         (
             3,
-            False,
+            [H],
             [
                 ("serving/chat-70b", "Placed", H, 4, 3, 3, (("h100-0", 2), ("h100-1", 1))),
                 ("serving/code-8b", "InsufficientCapacity", H, 1, 4, 8, (("h100-1", 4),)),
-                (
-                    "serving/small",
-                    "Placed",
-                    "L4-24GB",
-                    1,
-                    4,
-                    4,
-                    (("l4-0", 1), ("l4-1", 1), ("l4-2", 1), ("l4-3", 1)),
-                ),
+                SMALL,
             ],
         ),
+        # ... but keeps its minimum, so the high one stops short.
         (
             4,
-            False,
+            [H],
             [
                 (
                     "serving/chat-70b",
@@ -428,22 +414,82 @@ def three_services(high_replicas: int, low_preemptible: bool = False) -> list[di
                     (("h100-0", 2), ("h100-1", 1)),
                 ),
                 ("serving/code-8b", "InsufficientCapacity", H, 1, 4, 8, (("h100-1", 4),)),
-                (
-                    "serving/small",
-                    "Placed",
-                    "L4-24GB",
-                    1,
-                    4,
-                    4,
-                    (("l4-0", 1), ("l4-1", 1), ("l4-2", 1), ("l4-3", 1)),
-                ),
+                SMALL,
+            ],
+        ),
+        # With a second GPU type allowed, the low one goes there instead of shrinking.
+        (
+            4,
+            [H, A],
+            [
+                ("serving/chat-70b", "Placed", H, 4, 4, 4, (("h100-0", 2), ("h100-1", 2))),
+                ("serving/code-8b", "Placed", A, 1, 8, 8, (("a100-0", 8),)),
+                SMALL,
             ],
         ),
     ],
 )
 def test_three_services_on_the_default_inventory(
-    high_replicas: int, low_preemptible: bool, expected: list[tuple[Any, ...]]
+    high_replicas: int, low_types: list[str], expected: list[tuple[Any, ...]]
 ) -> None:
     inventory = build_inventory(nodes_from_inventory_file(DEFAULT_INVENTORY))
-    services = [service_from_manifest(m) for m in three_services(high_replicas, low_preemptible)]
+    services = [service_from_manifest(m) for m in three_services(high_replicas, low_types)]
     assert summary(plan_services(services, inventory)) == expected
+
+
+def test_running_service_moves_only_to_place_more_replicas() -> None:
+    inventory = build_inventory(nodes_from_inventory_file(DEFAULT_INVENTORY))
+    running = {
+        "serving/chat-70b": RunningReplicas(H, 4, (("h100-0", 2),)),
+        "serving/code-8b": RunningReplicas(H, 1, (("h100-1", 8),)),
+    }
+    services = [service_from_manifest(m) for m in three_services(2, [A, H])]
+    # Everything fits: code-8b stays on H100 although A100 is its first preference.
+    plan = plan_services(services, inventory, running=running)
+    assert plan.service("serving/code-8b").gpu_type == H
+    # chat-70b grows to 4: code-8b moves to A100, where all 8 replicas fit.
+    services = [service_from_manifest(m) for m in three_services(4, [A, H])]
+    plan = plan_services(services, inventory, running=running)
+    assert summary(plan)[:2] == [
+        ("serving/chat-70b", "Placed", H, 4, 4, 4, (("h100-0", 2), ("h100-1", 2))),
+        ("serving/code-8b", "Placed", A, 1, 8, 8, (("a100-0", 8),)),
+    ]
+    assert plan.service("serving/code-8b").message == (
+        "8 of 8 replicas placed on A100-80GB at TP1; moves from H100-80GB at TP1, "
+        "where fewer replicas fit"
+    )
+
+
+def test_running_service_does_not_move_for_preference_when_others_are_short() -> None:
+    inventory = build_inventory(nodes_from_inventory_file(DEFAULT_INVENTORY))
+    running = {"serving/code-8b": RunningReplicas(H, 1, (("h100-1", 8),))}
+    manifests = three_services(2, [A, H])
+    manifests[2]["spec"]["replicas"] = 6  # small is short on the four L4s: the search runs
+    plan = plan_services([service_from_manifest(m) for m in manifests], inventory, running=running)
+    assert [(s.name, s.reason, s.gpu_type, s.replicas_placed) for s in plan.services] == [
+        ("serving/chat-70b", "Placed", H, 2),
+        ("serving/code-8b", "Placed", H, 8),
+        ("serving/small", "InsufficientCapacity", "L4-24GB", 4),
+    ]
+    # Without a running placement the preference order holds: A100 first.
+    plan = plan_services([service_from_manifest(m) for m in manifests], inventory)
+    assert plan.service("serving/code-8b").gpu_type == A
+
+
+def test_local_search_moves_two_services_at_once() -> None:
+    """x must leave H100 for a whole L4 node, and z must leave L4 for H100, together."""
+    inventory = pool(("h-0", H, 8, 0), ("l-0", "L4-24GB", 8, 0), ("l-1", "L4-24GB", 4, 0))
+    demands = [
+        svc("x", opt(H, 4), opt("L4-24GB", 8), want=1),
+        svc("y", opt(H, 1), want=5),
+        svc("z", opt("L4-24GB", 2), opt(H, 1), prio=100, min=2, want=2),
+        svc("w", opt("L4-24GB", 2), prio=10, min=2, want=2),
+    ]
+    greedy = plan_placement(demands, inventory, search_budget=0)
+    assert greedy.service("y").replicas_placed == 4
+    assert summary(plan_placement(demands, inventory)) == [
+        ("w", "Placed", "L4-24GB", 2, 2, 2, (("l-1", 2),)),
+        ("x", "Placed", "L4-24GB", 8, 1, 1, (("l-0", 1),)),
+        ("y", "Placed", H, 1, 5, 5, (("h-0", 5),)),
+        ("z", "Placed", H, 1, 2, 2, (("h-0", 2),)),
+    ]

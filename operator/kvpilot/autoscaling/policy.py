@@ -574,11 +574,7 @@ def _evaluate(config: PolicyConfig, inp: PolicyInput) -> _Failure | _Evaluation:
     start = now - config.stable_window_seconds
     in_window: list[ReplicaSeries] = []
     for series in metrics.replicas:
-        # Past the last real scrape a range query repeats the old value: drop those.
-        until = math.inf
-        if series.last_scraped_at is not None:
-            until = series.last_scraped_at + max(metrics.step, 0.0)
-        samples = tuple(s for s in series.samples if start <= s.timestamp <= until)
+        samples = tuple(s for s in series.samples if start <= s.timestamp <= now)
         if samples:
             in_window.append(replace(series, samples=samples))
     if not in_window:
@@ -599,6 +595,18 @@ def _evaluate(config: PolicyConfig, inp: PolicyInput) -> _Failure | _Evaluation:
             "MetricsStale",
             f"newest metrics are {min(ages):.0f}s old (limit {config.max_metric_age_seconds:g}s)",
         )
+    # Past the last real scrape a range query repeats the old value: drop those samples.
+    trimmed = []
+    for series in in_window:
+        kept = series
+        if series.last_scraped_at is not None:
+            until = series.last_scraped_at + max(metrics.step, 0.0)
+            kept = replace(series, samples=tuple(s for s in series.samples if s.timestamp <= until))
+        if kept.samples:
+            trimmed.append(kept)
+    if not trimmed:
+        return _Failure("MetricsStale", "no sample newer than the replicas' last scrape")
+    in_window = trimmed
     for series in in_window:
         for sample in series.samples:
             problem = _invalid(sample)
@@ -892,11 +900,15 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
     recs_panic, held_p = _recommend(config, ev.panic, ev.panic, spec, in_cold_start)
     cold_capped = held_s or held_p
     panic_peak = _best(recs_panic)
+    # A manual change is held, panic or not.
     triggered = (
-        panic_peak.replicas > spec and panic_peak.replicas >= config.panic_threshold * capacity
+        not in_manual
+        and panic_peak.replicas > spec
+        and panic_peak.replicas >= config.panic_threshold * capacity
     )
     panic_mode = triggered or (
-        state.panic_last_trigger_at is not None
+        not in_manual
+        and state.panic_last_trigger_at is not None
         and now - state.panic_last_trigger_at < config.stable_window_seconds
     )
     if panic_mode:

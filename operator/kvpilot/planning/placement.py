@@ -19,7 +19,7 @@ come first, so the plan matches where pods are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Literal
@@ -137,38 +137,124 @@ def pin_running(options: Sequence[FitOption], running: RunningReplicas | None) -
     return list(options)
 
 
+DEFAULT_SEARCH_BUDGET = 400
+
+
 def plan_placement(
-    demands: Sequence[ServiceDemand], inventory: Inventory, *, keep_running: bool = True
+    demands: Sequence[ServiceDemand],
+    inventory: Inventory,
+    *,
+    keep_running: bool = True,
+    search_budget: int = DEFAULT_SEARCH_BUDGET,
 ) -> PlacementPlan:
-    """Place every service's replicas on the inventory's free GPUs; pure and deterministic."""
+    """Place every service's replicas on the inventory's free GPUs; pure and deterministic.
+
+    When the greedy pass leaves a service short, a local search tries moving one service
+    (then two at once) to another of its GPU types and keeps a move when the plan gets better: more
+    replicas by priority tier, then more services on their preferred type, then fewer GPUs.
+    So a preference yields only to place more replicas, and a running service moves to
+    another GPU type only when that places more replicas, never for a tighter packing.
+    `search_budget` caps the number of trial plans.
+    """
     names = [d.name for d in demands]
     if len(set(names)) != len(names):
         raise ValueError("service names in one plan must be unique")
-    pool = _Pool(inventory)
     order = sorted(demands, key=lambda d: (-d.priority, d.name))
     placeable = [d for d in order if isinstance(d.fit, ModelFits)]
-    state = {d.name: _State(d, keep_running) for d in placeable}
-    everyone = list(state.values())
-
-    for _, level in groupby(placeable, key=lambda d: d.priority):
-        members = [state[d.name] for d in level if d.guaranteed > 0]
-        for s in members:
-            s.choose(pool)
-        _round_robin(pool, members, lambda s: s.demand.guaranteed, everyone)
-    for _, level in groupby(placeable, key=lambda d: d.priority):
-        members = [state[d.name] for d in level]
-        for s in members:
-            if s.option is None:
-                s.choose(pool)
-        _round_robin(pool, members, lambda s: s.demand.wanted, everyone)
-    for gpu_type in sorted(pool.by_type):
-        _repack(pool, everyone, gpu_type)
-
-    results = [_result(d, state.get(d.name), state, pool) for d in demands]
+    best = _Run(placeable, inventory, keep_running, {})
+    budget = search_budget
+    while budget > 0 and best.short():
+        found = None
+        for moves in _moves(best):
+            if budget <= 0:
+                break
+            budget -= 1
+            trial = _Run(placeable, inventory, keep_running, best.forced | dict(moves))
+            if _better(trial, best, [best.states[name] for name, _ in moves]):
+                found = trial
+                break
+        if found is None:
+            break
+        best = found
+    results = [_result(d, best.states.get(d.name), best.states, best.pool) for d in demands]
     return PlacementPlan(
         services=tuple(sorted(results, key=lambda r: r.name)),
-        free=tuple(sorted(pool.free.items())),
+        free=tuple(sorted(best.pool.free.items())),
     )
+
+
+def _moves(run: _Run) -> Iterator[tuple[tuple[str, FitOption], ...]]:
+    """Candidate GPU type changes: every single move first, then every pair of moves."""
+    states = sorted(run.states.values(), key=lambda st: st.demand.name)
+    singles = [
+        (st.demand.name, option)
+        for st in states
+        for option in st.all_options
+        if option != st.option
+    ]
+    for move in singles:
+        yield (move,)
+    for i, first in enumerate(singles):
+        for second in singles[i + 1 :]:
+            if first[0] != second[0]:
+                yield (first, second)
+
+
+def _better(trial: _Run, best: _Run, moved: Sequence[_State]) -> bool:
+    """A running service moves only to place more replicas, never for packing or preference."""
+    if any(st.running for st in moved):
+        return trial.score()[:-2] > best.score()[:-2]
+    return trial.score() > best.score()
+
+
+class _Run:
+    """One greedy pass (guarantees, then growth, then a tidy repack) with forced GPU types."""
+
+    def __init__(
+        self,
+        placeable: Sequence[ServiceDemand],
+        inventory: Inventory,
+        keep_running: bool,
+        forced: Mapping[str, FitOption],
+    ) -> None:
+        self.placeable = placeable
+        self.forced = dict(forced)
+        self.pool = pool = _Pool(inventory)
+        self.states = {d.name: _State(d, keep_running) for d in placeable}
+        everyone = list(self.states.values())
+        for name, option in forced.items():
+            self.states[name].option = option
+        for _, level in groupby(placeable, key=lambda d: d.priority):
+            members = [self.states[d.name] for d in level if d.guaranteed > 0]
+            for s in members:
+                if s.option is None:
+                    s.choose(pool)
+            _round_robin(pool, members, lambda s: s.demand.guaranteed, everyone)
+        for _, level in groupby(placeable, key=lambda d: d.priority):
+            members = [self.states[d.name] for d in level]
+            for s in members:
+                if s.option is None:
+                    s.choose(pool)
+            _round_robin(pool, members, lambda s: s.demand.wanted, everyone)
+        for gpu_type in sorted(pool.by_type):
+            _repack(pool, everyone, gpu_type)
+
+    def short(self) -> bool:
+        return any(s.placed < s.demand.wanted for s in self.states.values())
+
+    def score(self) -> tuple[int, ...]:
+        """Lexicographic: guaranteed replicas by priority level, all replicas by level,
+        services on preferred types, fewer GPUs."""
+        levels = sorted({d.priority for d in self.placeable}, reverse=True)
+        states = list(self.states.values())
+        guaranteed = [
+            sum(min(s.placed, s.demand.guaranteed) for s in states if s.demand.priority == p)
+            for p in levels
+        ]
+        placed = [sum(s.placed for s in states if s.demand.priority == p) for p in levels]
+        detour = sum(s.all_options.index(s.option) for s in states if s.option in s.all_options)
+        gpus = sum(s.placed * _gpus(s) for s in states)
+        return (*guaranteed, *placed, -detour, -gpus)
 
 
 class _Pool:
@@ -215,6 +301,7 @@ class _State:
         assert isinstance(demand.fit, ModelFits)
         self.demand = demand
         running = demand.running if keep_running else None
+        self.all_options = list(demand.fit.options)
         self.options = pin_running(demand.fit.options, running)
         self.option: FitOption | None = None
         self.nodes: dict[str, int] = {}
@@ -227,6 +314,10 @@ class _State:
             ):
                 self.running = dict(running.nodes)
         self.running_left = dict(self.running)
+
+    @property
+    def pinned(self) -> bool:
+        return len(self.options) == 1
 
     @property
     def placed(self) -> int:
@@ -345,6 +436,9 @@ def _result(
             message += "; " + _reduced_note(option.memory)
     else:
         reason, message = _shortage(d, s, option, states, pool)
+    if s.running and (option.gpu_type, option.tensor_parallel) != _running_key(d):
+        gpu, tp = _running_key(d)
+        message += f"; moves from {gpu} at TP{tp}, where fewer replicas fit"
     return ServicePlacement(
         name=d.name,
         reason=reason,
@@ -409,6 +503,11 @@ def _shortage(
     if preempted:
         message = "preempted: " + message
     return ("Preempted" if preempted else "InsufficientCapacity"), message
+
+
+def _running_key(d: ServiceDemand) -> tuple[str, int]:
+    assert d.running is not None
+    return (d.running.gpu_type, d.running.tensor_parallel)
 
 
 def _gpus(s: _State) -> int:
