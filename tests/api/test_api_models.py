@@ -59,6 +59,9 @@ MINIMAL_DEFAULTED: dict[str, Any] = {
         "tolerance": 0.1,
         "scaleUp": {"stabilizationWindowSeconds": 0, "periodSeconds": 15},
         "scaleDown": {"stabilizationWindowSeconds": 300, "periodSeconds": 60},
+        "coldStartGraceSeconds": 600,
+        "manualOverrideSeconds": 300,
+        "maxMetricAgeSeconds": 60,
     },
 }
 

@@ -507,6 +507,27 @@ class ScalingSpec(KvModel):
     )
     scale_up: ScaleUpRules = sub_object(ScaleUpRules, "Rate limits for adding replicas.")
     scale_down: ScaleDownRules = sub_object(ScaleDownRules, "Rate limits for removing replicas.")
+    cold_start_grace_seconds: int = Field(
+        600,
+        ge=0,
+        le=7200,
+        description="How long replicas that are still loading the model count as capacity "
+        "after the scale-up that asked for them (so the autoscaler does not pile on).",
+    )
+    manual_override_seconds: int = Field(
+        300,
+        ge=0,
+        le=86_400,
+        description="How long a replica count set by hand (`kubectl scale`) is held before "
+        "autoscaling resumes from it.",
+    )
+    max_metric_age_seconds: int = Field(
+        60,
+        ge=5,
+        le=3600,
+        description="Metrics older than this count as missing: the autoscaler then holds "
+        "replicas (fail-static) instead of acting on stale data.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> ScalingSpec:
