@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvpilot.api.parse import InferenceService
+from kvpilot.autoscaling.policy import Decision, PolicyConfig
 from kvpilot.conditions import Condition, merge_conditions
 from kvpilot.planning.inventory import pod_gpu_request
 from kvpilot.planning.memory import ServingConfig
@@ -281,3 +282,34 @@ def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> boo
     """True when writing ``new`` would change what ``old`` says (fields of ``new`` only)."""
     old = old or {}
     return any(old.get(k) != v for k, v in new.items())
+
+
+# --------------------------------------------------------------------------- autoscaling
+
+
+def policy_config(isvc: InferenceService) -> PolicyConfig:
+    """The autoscaling policy of one service: spec.scaling over the operator defaults."""
+    return PolicyConfig.model_validate(isvc.spec.scaling.model_dump(by_alias=True))
+
+
+def autoscaler_status(decision: Decision, now: str) -> dict[str, Any]:
+    """status.autoscaler: the last decision, what it saw, and the state it keeps."""
+    out: dict[str, Any] = {
+        "lastDecisionTime": now,
+        "reason": decision.reason[:1024],
+        "desiredReplicas": decision.desired_replicas,
+        "state": decision.state.to_dict(),
+    }
+    if decision.observed is not None:
+        out["observed"] = decision.observed.to_status()
+    return out
+
+
+def scaling_condition(decision: Decision) -> Condition:
+    """ScalingActive: True while the autoscaler acts on valid metrics."""
+    return Condition(
+        "ScalingActive",
+        "True" if decision.scaling_active else "False",
+        decision.condition_reason,
+        decision.reason,
+    )

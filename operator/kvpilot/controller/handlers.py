@@ -10,6 +10,10 @@ from typing import Any, cast
 import kopf
 from urllib3.exceptions import HTTPError
 
+from kvpilot.autoscaling.metrics import AutoscalerMetrics
+from kvpilot.autoscaling.prometheus import PrometheusMetricsSource
+from kvpilot.autoscaling.source import MetricsSource
+from kvpilot.controller.autoscaler import Autoscaler
 from kvpilot.controller.kube import GROUP, PLURAL, VERSION, ApiError, Kube
 from kvpilot.controller.reconciler import API_VERSION, Outcome, reconcile
 from kvpilot.resources.labels import INFERENCE_SERVICE, MANAGED_BY, MANAGER
@@ -17,8 +21,10 @@ from kvpilot.resources.labels import INFERENCE_SERVICE, MANAGED_BY, MANAGER
 log = logging.getLogger("kvpilot.handlers")
 
 REPAIR_INTERVAL = float(os.environ.get("KVPILOT_REPAIR_INTERVAL", "30"))
+AUTOSCALE_INTERVAL = float(os.environ.get("KVPILOT_AUTOSCALE_INTERVAL", "15"))
 
 _kube: Kube | None = None
+_autoscaler: Autoscaler | None = None
 
 
 def client() -> Kube:
@@ -28,8 +34,18 @@ def client() -> Kube:
     return _kube
 
 
-def configure_runtime(metrics_port: int) -> None:
+def configure_runtime(
+    metrics_port: int, prometheus_url: str | None = None, metrics_step: float = 15.0
+) -> None:
     """Process-wide set-up done by ``kvpilot run`` before kopf starts."""
+    global _autoscaler  # noqa: PLW0603 - one autoscaler per process
+    source: MetricsSource | None = None
+    if prometheus_url:
+        source = PrometheusMetricsSource(prometheus_url, step_seconds=metrics_step)
+        log.info("Reading serving metrics prometheus=%s step=%gs", prometheus_url, metrics_step)
+    else:
+        log.warning("No --prometheus-url: autoscaling holds replicas (ScalingActive=False)")
+    _autoscaler = Autoscaler(client(), source, AutoscalerMetrics())
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -94,6 +110,21 @@ def on_change(body: kopf.Body, **_: Any) -> None:
 def repair(body: kopf.Body, **_: Any) -> None:
     """Periodic reconcile: repairs drift and re-plans the pool after others change."""
     _run(body)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=AUTOSCALE_INTERVAL, initial_delay=1.0)
+def autoscale(body: kopf.Body, **_: Any) -> None:
+    """One autoscaling decision per interval (queue depth and KV cache from Prometheus)."""
+    if _autoscaler is None:
+        return
+    meta = body["metadata"]
+    try:
+        outcome = _autoscaler.tick(meta["namespace"], meta["name"])
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"API error {exc.status} {exc.reason}", delay=5) from exc
+    except (HTTPError, OSError) as exc:
+        raise kopf.TemporaryError(f"API server unreachable: {exc}", delay=5) from exc
+    _post(body, outcome)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY: MANAGER})

@@ -33,9 +33,7 @@ def read_cluster(
     return ClusterSnapshot(
         nodes=kube.list("v1", "Node") if nodes else [],
         pods=kube.list("v1", "Pod") if nodes else [],
-        services=kube.list(f"{GROUP}/{VERSION}", "InferenceService", namespace)
-        if services
-        else [],
+        services=kube.list(f"{GROUP}/{VERSION}", "InferenceService", namespace) if services else [],
     )
 
 

@@ -50,7 +50,8 @@ _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def _lock(key: str) -> threading.Lock:
+def lock_for(key: str) -> threading.Lock:
+    """One lock per InferenceService: reconcile and autoscaler never interleave."""
     with _locks_guard:
         return _locks.setdefault(key, threading.Lock())
 
@@ -113,7 +114,7 @@ def observe_pool(kube: Kube, current: InferenceService) -> Pool:
 def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     key = service_key(meta["namespace"], meta["name"])
-    with _lock(key):
+    with lock_for(key):
         # Concurrent triggers (spec change, Deployment events, the timer) queue
         # here; read the latest object so status and Events build on what the
         # previous run wrote rather than on a stale copy.

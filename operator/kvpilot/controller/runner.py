@@ -42,13 +42,19 @@ def main(argv: Sequence[str]) -> int:
     )
     if args.repair_interval is not None:
         os.environ["KVPILOT_REPAIR_INTERVAL"] = str(args.repair_interval)
+    if args.autoscale_interval is not None:
+        os.environ["KVPILOT_AUTOSCALE_INTERVAL"] = str(args.autoscale_interval)
 
     import kopf
 
     from kvpilot.controller import handlers, kube
 
     kube.load_config()
-    handlers.configure_runtime(metrics_port=args.metrics_port)
+    handlers.configure_runtime(
+        metrics_port=args.metrics_port,
+        prometheus_url=args.prometheus_url,
+        metrics_step=args.metrics_step,
+    )
     liveness = f"http://127.0.0.1:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(
         kopf.operator(
