@@ -13,10 +13,7 @@ from typing import Any
 from kvpilot.api.parse import InferenceService
 from kvpilot.autoscaling.policy import Decision, PolicyConfig
 from kvpilot.conditions import Condition, merge_conditions
-from kvpilot.planning.inventory import pod_gpu_request
-from kvpilot.planning.memory import ServingConfig
-from kvpilot.planning.placement import RunningReplicas, ServiceDemand, ServicePlacement
-from kvpilot.planning.tp import fit_model
+from kvpilot.planning.placement import ServicePlacement
 from kvpilot.resources.labels import selector_string
 
 GIB = 1024**3
@@ -25,77 +22,6 @@ GIB = 1024**3
 def service_key(namespace: str, name: str) -> str:
     """Unique name of a service in a placement plan."""
     return f"{namespace}/{name}"
-
-
-def serving_config(isvc: InferenceService) -> ServingConfig:
-    spec = isvc.spec
-    return ServingConfig(
-        quantization=spec.model.quantization,
-        dtype=spec.model.dtype,
-        kv_cache_dtype=spec.model.kv_cache_dtype,
-        max_model_len=spec.model.max_model_len,
-        gpu_memory_utilization=spec.runtime.gpu_memory_utilization,
-        max_num_seqs=spec.runtime.max_num_seqs,
-        max_num_batched_tokens=spec.runtime.max_num_batched_tokens,
-        target_concurrency=spec.placement.target_concurrency,
-    )
-
-
-def demand(
-    isvc: InferenceService,
-    *,
-    max_gpus_per_node: Mapping[str, int] | None,
-    running: RunningReplicas | None,
-) -> ServiceDemand:
-    """What the planner needs to know about one InferenceService."""
-    spec = isvc.spec
-    shape = None
-    if spec.model.shape is not None:
-        shape = spec.model.shape.model_dump(by_alias=True, exclude_none=True)
-    fit = fit_model(
-        spec.model.source,
-        serving_config(isvc),
-        shape=shape,
-        tensor=spec.parallelism.tensor,
-        gpu_types=list(spec.placement.gpu_types),
-        max_gpus_per_node=max_gpus_per_node,
-    )
-    want = spec.desired_replicas
-    return ServiceDemand(
-        name=service_key(isvc.namespace, isvc.name),
-        fit=fit,
-        priority=spec.placement.priority,
-        # A manual replica count below minReplicas (e.g. 0 to park a model) is honoured.
-        min_replicas=min(spec.scaling.min_replicas, want),
-        max_replicas=max(spec.scaling.max_replicas, want),
-        desired_replicas=want,
-        preemptible=spec.placement.preemptible,
-        running=running,
-    )
-
-
-def running_replicas(
-    pods: Sequence[Mapping[str, Any]], gpu_type_of_node: Mapping[str, str]
-) -> RunningReplicas | None:
-    """Where a service's pods run now (to keep running replicas where they are)."""
-    per_node: dict[str, int] = {}
-    gpu_type: str | None = None
-    tp: int | None = None
-    for pod in pods:
-        node = pod.get("spec", {}).get("nodeName")
-        if not node or pod.get("metadata", {}).get("deletionTimestamp"):
-            continue
-        gpus = pod_gpu_request(pod)
-        if gpus <= 0:
-            continue
-        tp = gpus  # one replica = one pod holding all its tensor-parallel ranks
-        gpu_type = gpu_type_of_node.get(node, gpu_type)
-        per_node[node] = per_node.get(node, 0) + 1
-    if gpu_type is None or tp is None or not per_node:
-        return None
-    return RunningReplicas(
-        gpu_type=gpu_type, tensor_parallel=tp, nodes=tuple(sorted(per_node.items()))
-    )
 
 
 def placement_status(p: ServicePlacement, product: str | None = None) -> dict[str, Any] | None:

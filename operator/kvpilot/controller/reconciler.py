@@ -13,23 +13,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kvpilot.api.parse import InferenceService, InvalidObjectError, parse_inference_service
+from kvpilot.api.parse import (
+    InferenceService,
+    InvalidObjectError,
+    dump,
+    parse_inference_service,
+)
 from kvpilot.conditions import Condition
 from kvpilot.controller.kube import GROUP, VERSION, Kube
 from kvpilot.objects import contains, object_ref
 from kvpilot.planning.inventory import Inventory, build_inventory, is_kvpilot_pod
-from kvpilot.planning.placement import PlacementPlan, ServicePlacement, plan_placement
+from kvpilot.planning.placement import PlacementPlan, ServicePlacement, running_replicas
+from kvpilot.planning.service import plan_services, service_from_manifest
 from kvpilot.reconcile import (
     Observed,
     compute_status,
-    demand,
-    running_replicas,
     service_key,
     serving_conditions,
     status_changed,
 )
 from kvpilot.resources import desired_objects
-from kvpilot.resources.labels import INFERENCE_SERVICE, REVISION
+from kvpilot.resources.labels import REVISION
 from kvpilot.resources.plan import RenderPlan, render_plan
 
 log = logging.getLogger("kvpilot.reconcile")
@@ -74,41 +78,29 @@ def observe_pool(kube: Kube, current: InferenceService) -> Pool:
     nodes = kube.list("v1", "Node")
     pods = kube.list("v1", "Pod")
     inventory = build_inventory(nodes, pods, exclude_pod=is_kvpilot_pod)
-    node_type: dict[str, str] = {}
     products: dict[str, str] = {}
-    max_per_node: dict[str, int] = {}
     for n in inventory.usable_nodes:
-        if n.gpu_type is None:
-            continue
-        node_type[n.name] = n.gpu_type
-        products.setdefault(n.gpu_type, n.product)
-        max_per_node[n.gpu_type] = max(max_per_node.get(n.gpu_type, 0), n.allocatable)
-    pods_by_service: dict[str, list[dict[str, Any]]] = {}
-    for pod in pods:
-        if not is_kvpilot_pod(pod):
-            continue
-        owner = pod.get("metadata", {}).get("labels", {}).get(INFERENCE_SERVICE)
-        if owner:
-            pods_by_service.setdefault(service_key(pod["metadata"]["namespace"], owner), []).append(
-                pod
-            )
-    services: dict[str, InferenceService] = {}
+        if n.gpu_type is not None:
+            products.setdefault(n.gpu_type, n.product)
+    manifests: dict[str, dict[str, Any]] = {}
     for body in kube.list(API_VERSION, "InferenceService"):
         try:
             isvc = parse_inference_service(body)
         except InvalidObjectError:
             continue  # reported on its own reconcile; takes no GPUs meanwhile
-        services[service_key(isvc.namespace, isvc.name)] = isvc
-    services[service_key(current.namespace, current.name)] = current
-    demands = [
-        demand(
-            isvc,
-            max_gpus_per_node=max_per_node or None,
-            running=running_replicas(pods_by_service.get(key, []), node_type),
-        )
-        for key, isvc in sorted(services.items())
-    ]
-    return Pool(inventory=inventory, plan=plan_placement(demands, inventory), products=products)
+        manifests[service_key(isvc.namespace, isvc.name)] = _manifest(isvc)
+    manifests[service_key(current.namespace, current.name)] = _manifest(current)
+    services = [service_from_manifest(m) for _, m in sorted(manifests.items())]
+    running = running_replicas([p for p in pods if is_kvpilot_pod(p)], inventory)
+    plan = plan_services(services, inventory, running=running)
+    return Pool(inventory=inventory, plan=plan, products=products)
+
+
+def _manifest(isvc: InferenceService) -> dict[str, Any]:
+    return {
+        "metadata": {"name": isvc.name, "namespace": isvc.namespace},
+        "spec": dump(isvc.spec),
+    }
 
 
 def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:

@@ -33,6 +33,23 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--repair-interval", type=float, default=None, help="seconds between drift repairs"
     )
+    parser.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("KVPILOT_PROMETHEUS_URL"),
+        help="Prometheus that scrapes the vLLM replicas (autoscaling holds without it)",
+    )
+    parser.add_argument(
+        "--metrics-step",
+        type=float,
+        default=float(os.environ.get("KVPILOT_METRICS_STEP", "15")),
+        help="resolution (seconds) of the metric windows the autoscaler reads",
+    )
+    parser.add_argument(
+        "--autoscale-interval",
+        type=float,
+        default=None,
+        help="seconds between autoscaling decisions",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 

@@ -67,6 +67,12 @@ def service_from_manifest(obj: Mapping[str, Any]) -> ServiceSpec:
         target_concurrency=_opt_int(placement.get("targetConcurrency")),
     )
     min_replicas = int(scaling.get("minReplicas", 1))
+    max_replicas = max(min_replicas, int(scaling.get("maxReplicas", 1)))
+    desired = _opt_int(spec.get("replicas"))
+    if desired is not None:
+        # spec.replicas (the scale subresource) is the one source of truth: a count set
+        # by hand outside the autoscaling bounds (e.g. 0 to park a model) is honoured.
+        min_replicas, max_replicas = min(min_replicas, desired), max(max_replicas, desired)
     return ServiceSpec(
         name=f"{meta.get('namespace') or 'default'}/{name}",
         source=str(source),
@@ -77,8 +83,8 @@ def service_from_manifest(obj: Mapping[str, Any]) -> ServiceSpec:
         priority=int(placement.get("priority") or 0),
         preemptible=bool(placement.get("preemptible") or False),
         min_replicas=min_replicas,
-        max_replicas=max(min_replicas, int(scaling.get("maxReplicas", 1))),
-        desired_replicas=_opt_int(spec.get("replicas")),
+        max_replicas=max_replicas,
+        desired_replicas=desired,
     )
 
 
