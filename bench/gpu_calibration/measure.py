@@ -725,8 +725,8 @@ def _allreduce_worker(rank: int, world: int, port: int, cfg_json: str, result_pa
     )
     rows: list[dict[str, Any]] = []
     dtype = torch.float32 if smoke else torch.bfloat16
-    in_graph = 10  # all-reduces captured back to back in one graph
-    graph_ok = not smoke
+    # Eager calls only: capturing these NCCL all-reduces in a CUDA graph hung on
+    # the 2 x H200 machine (PyTorch 2.11, NCCL 2.28.3), so host launch cost is included.
     for hidden in cfg["hiddens"]:
         for n in cfg["tokens"]:
             x = torch.randn(n, hidden, device=dev, dtype=dtype)
@@ -736,27 +736,6 @@ def _allreduce_worker(rank: int, world: int, port: int, cfg_json: str, result_pa
             med, p10, p90 = summarize(times)
             row = {"hidden": hidden, "n_tokens": n, "bytes": nbytes, "mode": "eager"}
             rows.append({**row, "median_s": med, "p10_s": p10, "p90_s": p90})
-            if not graph_ok:
-                continue
-            # Inside a CUDA graph, as in vLLM's decode steps: no host launch cost per call.
-            try:
-                side = torch.cuda.Stream(dev)
-                side.wait_stream(torch.cuda.current_stream(dev))
-                with torch.cuda.stream(side):
-                    for _ in range(3):
-                        dist.all_reduce(x)
-                torch.cuda.current_stream(dev).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    for _ in range(in_graph):
-                        dist.all_reduce(x)
-                times = [t / in_graph for t in time_fn(graph.replay, dev, 3, cfg["reps"])]
-                med, p10, p90 = summarize(times)
-                rows.append({**row, "mode": "graph", "median_s": med, "p10_s": p10, "p90_s": p90})
-            except RuntimeError as exc:
-                graph_ok = False
-                if rank == 0:
-                    log(f"all-reduce in a CUDA graph failed; eager only from here: {exc!s:.200}")
     if rank == 0:
         Path(result_path).write_text(json.dumps(rows))
     dist.barrier()
@@ -792,8 +771,7 @@ def measure_allreduce(cfg: Config, sink: CsvSink, world: int) -> None:
             p90_s=r["p90_s"],
             reps=cfg.reps,
             comm_bytes=r["bytes"],
-            note="torch.distributed all_reduce, NCCL, one process per GPU"
-            + ("; per call, 10 calls captured in one CUDA graph" if r["mode"] == "graph" else ""),
+            note="torch.distributed all_reduce, NCCL, one process per GPU",
         )
         log(
             f"allreduce {r['mode']:5s} tp={world} hidden={r['hidden']} n={r['n_tokens']:6d}: "

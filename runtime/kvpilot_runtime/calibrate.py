@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import json
 import math
+import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from kvpilot_runtime.latency import (
     step_time,
 )
 from kvpilot_runtime.models import shape_from_config
-from kvpilot_runtime.probe import Sweep
+from kvpilot_runtime.probe import RequestPlan, run_load, server_sums
 
 DECODE_POINTS = ((1, 16), (2, 16), (4, 16), (1, 512), (2, 512), (4, 512))
 PREFILL_LENGTHS = (32, 128, 256, 512, 900)
@@ -54,21 +55,47 @@ class Measurement:
         return Batch(prefill_chunks=(PrefillChunk(self.prompt_len, 0),))
 
 
+async def _round(url: str, model: str, conc: int, plen: int, *, max_tokens: int, seed: int) -> None:
+    """``conc`` requests sent together, so their prefills share a step and every
+    later step is a pure decode batch of ``conc`` sequences."""
+    rng = random.Random(seed)
+    plans = [
+        RequestPlan(0.0, tuple(rng.randrange(2, 400) for _ in range(plen)), max_tokens)
+        for _ in range(conc)
+    ]
+    result = await run_load(url, model, plans, sample_interval=60.0)
+    failed = [r.error for r in result.requests if r.error]
+    if failed:
+        raise RuntimeError(f"calibration requests failed: {failed}")
+
+
 async def measure(url: str, model: str, repeats: int = 3) -> list[Measurement]:
     out: list[Measurement] = []
     # Warm-up so first-request effects stay out of the data.
-    await Sweep(url, model, 1, 64, 8, 2).run()
+    await _round(url, model, 1, 64, max_tokens=8, seed=0)
+    fam = "vllm:inter_token_latency_seconds"
     for conc, plen in DECODE_POINTS:
-        res = await Sweep(
-            url, model, conc, plen, DECODE_TOKENS, repeats, seed=conc * 1000 + plen
-        ).run()
-        # The median gap between streamed tokens is a pure decode step: the
-        # occasional step that also prefills a newcomer falls out of the median.
-        gaps = [x for r in res if r.error is None for x in r.itls]
-        out.append(Measurement("decode", conc, plen, statistics.median(gaps)))
+        # vLLM's front end streams tokens in bursts when it falls behind, so the
+        # gaps a client sees are not step times; the server's inter-token
+        # histogram, stamped by the engine core, is.
+        before = await server_sums(url)
+        for k in range(repeats):
+            await _round(
+                url, model, conc, plen, max_tokens=DECODE_TOKENS, seed=conc * 1000 + plen + k
+            )
+        after = await server_sums(url)
+        itl = (after[fam][0] - before[fam][0]) / (after[fam][1] - before[fam][1])
+        out.append(Measurement("decode", conc, plen, itl))
     for plen in PREFILL_LENGTHS:
-        res = await Sweep(url, model, 1, plen, 1, repeats + 2, seed=plen).run()
-        ttfts = [r.ttft for r in res if r.error is None and r.ttft is not None]
+        ttfts: list[float] = []
+        for k in range(repeats + 2):
+            rng = random.Random(plen * 10 + k)
+            plan = RequestPlan(0.0, tuple(rng.randrange(2, 400) for _ in range(plen)), 1)
+            result = await run_load(url, model, [plan], sample_interval=60.0)
+            ttft = result.requests[0].ttft
+            if ttft is None:
+                raise RuntimeError(f"calibration request failed: {result.requests[0].error}")
+            ttfts.append(ttft)
         out.append(Measurement("prefill", 1, plen, statistics.median(ttfts)))
     return out
 

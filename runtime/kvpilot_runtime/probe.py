@@ -296,3 +296,9 @@ class Sweep:
 
             await asyncio.gather(*(client() for _ in range(self.concurrency)))
         return self.results
+
+
+async def server_sums(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the server's latency histograms right now."""
+    async with aiohttp.ClientSession() as session:
+        return await _sums(session, url)

@@ -220,6 +220,7 @@ def _error(status: int, message: str, kind: str = "BadRequestError") -> web.Resp
 class _Tracked:
     arrival: float
     queue: asyncio.Queue[TokenEvent]
+    queued: float | None = None
     scheduled: float | None = None
     last_token: float | None = None
     first_token: float | None = None
@@ -283,7 +284,12 @@ class SimServer:
             now_real = time.monotonic()
             busy = now_real - prev_deadline < 0.05
             start_real = prev_deadline if busy else now_real
-            result = self.engine.step((start_real - self._started) * self.time_scale)
+            step_start = (start_real - self._started) * self.time_scale
+            # vLLM's engine core takes new requests into its queue between steps.
+            for pending in self._tracked.values():
+                if pending.queued is None:
+                    pending.queued = max(step_start, pending.arrival)
+            result = self.engine.step(step_start)
             if not result.scheduled:
                 self._publish_stats(0)
                 self._wakeup.clear()
@@ -319,8 +325,9 @@ class SimServer:
         tr.last_token = now
         if ev.finish_reason is not None:
             scheduled = tr.scheduled if tr.scheduled is not None else tr.arrival
+            queued = tr.queued if tr.queued is not None else tr.arrival
             m.observe("vllm:e2e_request_latency_seconds", now - tr.arrival)
-            m.observe("vllm:request_queue_time_seconds", scheduled - tr.arrival)
+            m.observe("vllm:request_queue_time_seconds", max(0.0, scheduled - queued))
             m.observe("vllm:request_inference_time_seconds", now - scheduled)
             m.observe("vllm:request_prefill_time_seconds", tr.first_token - scheduled)
             m.observe("vllm:request_decode_time_seconds", now - tr.first_token)
@@ -364,9 +371,11 @@ class SimServer:
         self, prompt: tuple[int, ...], max_tokens: int
     ) -> AsyncIterator[TokenEvent]:
         rid = uuid.uuid4().hex
+        arrival = self.now()
         if self.frontend_latency_s > 0:
+            # The front end's own latency (tokenization, IPC) before the engine sees it.
             await asyncio.sleep(self.frontend_latency_s / self.time_scale)
-        spec = RequestSpec(rid, prompt, max_tokens, self.now())
+        spec = RequestSpec(rid, prompt, max_tokens, arrival)
         self.engine.add_request(spec)
         tracked = _Tracked(arrival=spec.arrival_time, queue=asyncio.Queue())
         self._tracked[rid] = tracked

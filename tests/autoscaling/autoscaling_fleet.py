@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvpilot.autoscaling.policy import (
     Decision,
     PolicyConfig,
     PolicyInput,
     PolicyState,
+    Signal,
     decide,
 )
 from kvpilot.autoscaling.source import MetricsWindow, ReplicaSeries, Sample
@@ -170,6 +171,7 @@ def run(
     model: FleetModel = FleetModel(),
     warm_in_system: float | None = None,
     state_hook: Callable[[float, PolicyState], PolicyState] | None = None,
+    policy: Callable[[PolicyConfig, PolicyState, PolicyInput], Decision] = decide,
 ) -> list[Tick]:
     """Run the closed loop for `seconds` (relative times in the result start at 0).
 
@@ -190,7 +192,7 @@ def run(
         ready = len(fleet._ready(t))
         if state_hook is not None:
             fleet.state = state_hook(rel, fleet.state)
-        d = decide(
+        d = policy(
             config,
             fleet.state,
             PolicyInput(
@@ -224,3 +226,37 @@ def changes(ticks: list[Tick]) -> list[tuple[float, int, int, str, bool]]:
 
 def peak(ticks: list[Tick]) -> int:
     return max(x.decision.desired_replicas for x in ticks)
+
+
+class QueueOnlyHPA:
+    """Baseline for comparison: an HPA on the queue alone, as the common KEDA setup.
+
+    KEDA's Prometheus trigger on sum(vllm:num_requests_waiting) with threshold 5
+    feeds the HPA an AverageValue target: desired = ceil(total waiting / 5), with
+    the HPA's tolerance (0.1) and default behavior (scale-down stabilization 300 s;
+    scale up by at most max(4 pods, 100 %) per 15 s).
+    """
+
+    def __init__(self, threshold: float = 5.0, minimum: int = 1, maximum: int = 16) -> None:
+        self.threshold, self.minimum, self.maximum = threshold, minimum, maximum
+        self.recommendations: list[tuple[float, int]] = []
+
+    def __call__(self, config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decision:
+        window = inp.metrics
+        assert isinstance(window, MetricsWindow)
+        latest = max(s.timestamp for r in window.replicas for s in r.samples)
+        total = sum(s.waiting for r in window.replicas for s in r.samples if s.timestamp == latest)
+        current = inp.spec_replicas
+        ratio = total / (self.threshold * max(current, 1))
+        rec = current if abs(ratio - 1) <= 0.1 else math.ceil(total / self.threshold)
+        rec = min(max(rec, self.minimum), self.maximum)
+        self.recommendations = [(t, r) for t, r in self.recommendations if t > inp.now - 300]
+        self.recommendations.append((inp.now, rec))
+        desired = rec
+        if rec < current:
+            desired = min(current, max(r for _, r in self.recommendations))
+        desired = min(desired, max(current + 4, 2 * current))
+        base = decide(config, state, inp)
+        return replace(
+            base, desired_replicas=desired, signal=Signal.QUEUE, constraints=(), panic=False
+        )

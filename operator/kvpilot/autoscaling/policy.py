@@ -14,27 +14,31 @@ How one decision is made (docs/autoscaling.md has the long form):
 
    * KV cache (sizes both ways): replicas needed = total KV in use / target.
    * Queue (saturation): a queue only forms when replicas are saturated, so it
-     can add replicas or veto removing them, never remove them. Above target it
-     asks for the replicas at which the demand (running + waiting), with each
-     replica running its observed concurrency, leaves `queueDepthPerReplica`
-     waiting; within the band it holds; a queue within tolerance of empty has
-     no opinion.
+     can add replicas or veto removing them, never remove them. Above target,
+     with completion rates (vllm:request_success_total) it sizes for the
+     arrival rate (completions + growth of requests in the system) at the
+     per-replica rate seen while saturated, plus draining the excess backlog
+     within one stable window; KV may not ask for more than that (a saturated
+     KV cache measures backlog being served, not demand). Without rates it
+     asks for the replicas at which running + waiting, each replica keeping its
+     observed concurrency, leaves ``queueDepthPerReplica`` waiting, unless the
+     backlog is already shrinking fast enough to clear within a stable window.
+     Within the band it holds; a queue within tolerance of empty has no opinion.
    * TTFT (optional, saturation): above target it asks for proportionally more
-     (capped at `panicThreshold` per decision); near target it holds.
+     (capped at ``panicThreshold`` per decision); near target it holds.
 
-   The largest recommendation wins. A signal within ``tolerance`` of its
-   target holds the current replicas.
+   The largest recommendation wins. KV within ``tolerance`` of its target
+   holds the current replicas.
 2. Panic. When the panic-window recommendation is at least ``panicThreshold``
-   times the capacity (ready plus starting replicas), the policy scales up at
-   once from the short window and, until a full stable window passes without
-   that condition, never scales down.
+   times the capacity (ready plus counted starting replicas), the policy scales
+   up at once (skipping the scale-up stabilization window) and, until a full
+   stable window passes without that condition, never scales down.
 3. Cold start. Replicas that are not Ready yet count as capacity for
-   ``coldStartGraceSeconds`` after the scale-up that asked for them. While they
-   load, the queue and TTFT (which keep growing with the backlog, not with
-   new demand) cannot add replicas beyond those in flight unless the panic
-   condition holds; KV cache (work in flight, not backlog) still can. After the
-   grace, replicas still not Ready no longer count, so a stuck start never
-   blocks scaling for good.
+   ``coldStartGraceSeconds`` after the scale-up that asked for them (or after
+   they were first seen). While they load, a growing backlog is expected: the
+   queue level and TTFT may hold but not add replicas, and the arrival-rate
+   queue need leaves out the backlog drain. After the grace, replicas still not
+   Ready no longer count, so a stuck start never blocks scaling for good.
 4. Stabilization (as the HPA's behavior): scale up to the lowest
    recommendation of the scale-up window, down to the highest of the
    scale-down window (300 s). Scale-down also needs a full scale-down window
@@ -160,6 +164,15 @@ class PolicyConfig(_Knobs):
     manual_override_seconds: float = Field(300.0, ge=0)
     """How long a manual change of spec.replicas is held before autoscaling resumes."""
 
+    def with_overrides(self, overrides: Mapping[str, Any]) -> PolicyConfig:
+        """This policy with some knobs replaced, in the CRD's camelCase spelling.
+
+        Nested blocks merge key by key, so ``{"scaleDown": {"maxReplicasPerStep": 2}}``
+        keeps the other scale-down knobs of this policy (e.g. the operator-wide
+        default) rather than resetting them. Raises pydantic's ValidationError.
+        """
+        return PolicyConfig.model_validate(_merge(self.model_dump(by_alias=True), overrides))
+
     @model_validator(mode="after")
     def _check(self) -> PolicyConfig:
         if self.min_replicas > self.max_replicas:
@@ -172,6 +185,16 @@ class PolicyConfig(_Knobs):
                 f"stableWindowSeconds ({self.stable_window_seconds:g})"
             )
         return self
+
+
+def _merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 DEFAULT_POLICY = PolicyConfig()
@@ -913,7 +936,7 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
     )
     if panic_mode:
         best = _best([*recs_stable, *recs_panic])
-        window_name = "panic"
+        window_name = "panic" if any(best is r for r in recs_panic) else "stable"
         if best.replicas < spec:
             best = replace(best, replicas=spec)
     else:

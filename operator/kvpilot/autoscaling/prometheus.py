@@ -162,7 +162,7 @@ class PrometheusMetricsSource:
             headers=dict(headers) if headers else None,
             disable_ssl=disable_ssl,
             # No retries: a failed read is fail-static now and retried next decision.
-            retry=Retry(total=False),
+            retry=Retry(total=0, read=False),
             timeout=timeout_seconds,
         )
 
