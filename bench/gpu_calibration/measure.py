@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -596,7 +597,8 @@ def measure_model(cfg: Config, shape: Shape, sink: CsvSink, attn: Attention) -> 
             broken.append(True)
             log("graph capture failed: the remaining points run eagerly")
             raise
-        return graph.replay
+        replay: Callable[[], object] = graph.replay
+        return replay
 
     def decode_point(batch: int, ctx: int, mode: str) -> None:
         seq = ctx + 1
@@ -684,14 +686,11 @@ def measure_model(cfg: Config, shape: Shape, sink: CsvSink, attn: Attention) -> 
                 if out_of_time(cfg):
                     log("deadline reached; stopping decode sweep")
                     break
-                guarded(
-                    lambda b=batch, c=ctx: decode_point(b, c, main_mode),
-                    f"decode b={batch} ctx={ctx}",
-                )
+                guarded(partial(decode_point, batch, ctx, main_mode), f"decode b={batch} ctx={ctx}")
         for length in cfg.prompts:
             if length > cap or out_of_time(cfg):
                 continue
-            guarded(lambda n=length: prefill_point(n, main_mode), f"prefill L={length}")
+            guarded(partial(prefill_point, length, main_mode), f"prefill L={length}")
         if main_mode == "graph":
             # Eager steps beside the graphed ones show the launch overhead that graphs remove.
             eager_points = [(b, cfg.eager_context) for b in cfg.batches]
@@ -699,13 +698,11 @@ def measure_model(cfg: Config, shape: Shape, sink: CsvSink, attn: Attention) -> 
             for length in cfg.prompts[::3]:
                 if length > cap or out_of_time(cfg):
                     continue
-                guarded(lambda n=length: prefill_point(n, "eager"), f"eager prefill L={length}")
+                guarded(partial(prefill_point, length, "eager"), f"eager prefill L={length}")
             for batch, ctx in eager_points:
                 if batch * (ctx + 1) > cap or out_of_time(cfg):
                     continue
-                guarded(
-                    lambda b=batch, c=ctx: decode_point(b, c, "eager"), f"eager b={batch} ctx={ctx}"
-                )
+                guarded(partial(decode_point, batch, ctx, "eager"), f"eager b={batch} ctx={ctx}")
 
 
 # ---------------------------------------------------------------- all-reduce
@@ -732,7 +729,7 @@ def _allreduce_worker(rank: int, world: int, port: int, cfg_json: str, result_pa
             x = torch.randn(n, hidden, device=dev, dtype=dtype)
             nbytes = n * hidden * x.element_size()
             dist.barrier()
-            times = time_fn(lambda x=x: dist.all_reduce(x), dev, 5, cfg["reps"])
+            times = time_fn(partial(dist.all_reduce, x), dev, 5, cfg["reps"])
             med, p10, p90 = summarize(times)
             row = {"hidden": hidden, "n_tokens": n, "bytes": nbytes, "mode": "eager"}
             rows.append({**row, "median_s": med, "p10_s": p10, "p90_s": p90})
@@ -851,6 +848,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
+    shapes: tuple[Shape, ...]
+    batches: tuple[int, ...]
+    contexts: tuple[int, ...]
+    prompts: tuple[int, ...]
+    ar_tokens: tuple[int, ...]
+    ar_hiddens: tuple[int, ...]
     if args.smoke:
         device = torch.device("cpu")
         shapes = SMOKE_SHAPES

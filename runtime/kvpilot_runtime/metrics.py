@@ -621,3 +621,42 @@ class VllmMetrics:
 
 
 _BY_NAME = {f.name: f for f in FAMILIES}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a scraper depends on in one family: type, label names and values, buckets."""
+
+    type: str
+    labels: frozenset[str]
+    label_values: frozenset[tuple[str, str]]
+    buckets: tuple[float, ...]
+
+
+# Label values that depend on the run, not on the exposition's shape.
+_VOLATILE_LABELS = frozenset({"model_name", "engine", "le"})
+
+
+def signatures(text: str, prefix: str = "vllm:") -> dict[str, Signature]:
+    """The signature of every family named ``prefix...`` in a text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, Signature] = {}
+    for fam in text_string_to_metric_families(text):
+        if not fam.name.startswith(prefix) or fam.name.endswith("_created"):
+            continue
+        labels: set[str] = set()
+        values: set[tuple[str, str]] = set()
+        buckets: list[float] = []
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            labels.update(k for k in s.labels if k != "le")
+            if fam.name != CACHE_CONFIG_INFO:
+                values.update((k, v) for k, v in s.labels.items() if k not in _VOLATILE_LABELS)
+            if s.name.endswith("_bucket") and s.labels.get("le") not in (None, "+Inf"):
+                le = float(s.labels["le"])
+                if le not in buckets:
+                    buckets.append(le)
+        out[fam.name] = Signature(fam.type, frozenset(labels), frozenset(values), tuple(buckets))
+    return out

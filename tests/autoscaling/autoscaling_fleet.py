@@ -22,7 +22,7 @@ from kvpilot.autoscaling.policy import (
     Signal,
     decide,
 )
-from kvpilot.autoscaling.source import MetricsWindow, ReplicaSeries, Sample
+from kvpilot.autoscaling.source import MetricsResult, MetricsWindow, ReplicaSeries, Sample
 
 T0 = 1_700_000_000.0
 Rate = Callable[[float], float]
@@ -172,10 +172,12 @@ def run(
     warm_in_system: float | None = None,
     state_hook: Callable[[float, PolicyState], PolicyState] | None = None,
     policy: Callable[[PolicyConfig, PolicyState, PolicyInput], Decision] = decide,
+    metrics_hook: Callable[[float, MetricsWindow], MetricsResult] | None = None,
 ) -> list[Tick]:
     """Run the closed loop for `seconds` (relative times in the result start at 0).
 
-    `state_hook(t, state)` may replace the state before a decision (operator restarts).
+    `state_hook(t, state)` may replace the state before a decision (operator restarts);
+    `metrics_hook(t, window)` what the policy reads (outages, broken exporters).
     """
     fleet = Fleet(config=config, model=model, replicas=replicas)
     if warm_in_system is not None:
@@ -197,7 +199,9 @@ def run(
             fleet.state,
             PolicyInput(
                 now=t,
-                metrics=fleet.window(t),
+                metrics=fleet.window(t)
+                if metrics_hook is None
+                else metrics_hook(rel, fleet.window(t)),
                 spec_replicas=spec,
                 ready_replicas=ready,
                 starting_replicas=spec - ready,

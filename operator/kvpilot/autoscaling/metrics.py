@@ -101,3 +101,19 @@ class AutoscalerMetrics:
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
+
+
+_default: AutoscalerMetrics | None = None
+
+
+def default_metrics() -> AutoscalerMetrics:
+    """The metric families on prometheus-client's default registry (created on first use)."""
+    global _default  # noqa: PLW0603 - one set of families per process registry
+    if _default is None:
+        _default = AutoscalerMetrics(REGISTRY)
+    return _default
+
+
+def record_decision(namespace: str, name: str, decision: Decision) -> None:
+    """Record one decision on the default registry (what the operator's /metrics serves)."""
+    default_metrics().record(namespace, name, decision)

@@ -335,7 +335,9 @@ class PolicyInput:
 
     ``spec_replicas``: spec.replicas now (includes replicas still starting).
     ``ready_replicas``: Ready pods. ``starting_replicas``: pods that exist but are
-    not Ready yet (loading the model). ``paused``: hold spec.replicas as-is.
+    not Ready yet (loading the model). Replicas in spec.replicas that are neither
+    (not created yet, or Pending) are treated as starting too, so passing only
+    spec and ready replicas is enough. ``paused``: hold spec.replicas as-is.
     """
 
     now: float
@@ -476,6 +478,8 @@ class _Evaluation:
 
 
 _KV_SLACK = 1e-6
+_CLOCK_SLACK = 1.0
+"""Samples up to this far after `now` still count (sources round times to seconds)."""
 
 
 def _invalid(s: Sample) -> str | None:
@@ -597,7 +601,7 @@ def _evaluate(config: PolicyConfig, inp: PolicyInput) -> _Failure | _Evaluation:
     start = now - config.stable_window_seconds
     in_window: list[ReplicaSeries] = []
     for series in metrics.replicas:
-        samples = tuple(s for s in series.samples if start <= s.timestamp <= now)
+        samples = tuple(s for s in series.samples if start <= s.timestamp <= now + _CLOCK_SLACK)
         if samples:
             in_window.append(replace(series, samples=samples))
     if not in_window:
@@ -774,10 +778,20 @@ def _headline(spec: int, desired: int) -> str:
 
 
 def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decision:
-    """Compute one decision. Pure: same inputs, same Decision."""
+    """Compute one decision. Pure: same inputs, same Decision.
+
+    Call it on a steady cadence well under the stable window (e.g. every 15 s):
+    a longer pause is treated as a gap in the windows.
+    """
     now = inp.now
     spec = inp.spec_replicas
+    last_rec_at = state.history[-1][0] if state.history else None
     state = state.pruned(config, now)
+    if state.history_since is not None and (
+        last_rec_at is None or now - last_rec_at > config.stable_window_seconds
+    ):
+        # No decision for a while (operator down): the windows saw nothing of it.
+        state = replace(state, history=(), history_since=None)
 
     if inp.paused:
         return Decision(
@@ -846,7 +860,8 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
     )
     if not in_manual:
         state = replace(state, manual_at=None)
-    if inp.starting_replicas == 0:
+    starting = max(inp.starting_replicas, spec - inp.ready_replicas, 0)
+    if starting == 0:
         state = replace(state, cold_start_at=None)
     elif state.cold_start_at is None:
         # Replicas already loading when first seen get their grace from now.
@@ -912,11 +927,11 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
     lo_eff = 0 if zero_ok else floor
 
     in_cold_start = (
-        inp.starting_replicas > 0
+        starting > 0
         and state.cold_start_at is not None
         and now - state.cold_start_at < config.cold_start_grace_seconds
     )
-    counted_starting = inp.starting_replicas if in_cold_start else 0
+    counted_starting = starting if in_cold_start else 0
     capacity = max(inp.ready_replicas, ev.reporting, 1) + counted_starting
 
     recs_stable, held_s = _recommend(config, ev.stable, ev.panic, spec, in_cold_start)
@@ -952,7 +967,7 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
     if cold_capped:
         constraints.append(Constraint.COLD_START)
         notes.append(
-            f"{inp.starting_replicas} starting replica(s) count as capacity until Ready "
+            f"{starting} starting replica(s) count as capacity until Ready "
             "(queue/TTFT wait for them)"
         )
 

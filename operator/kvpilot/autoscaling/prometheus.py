@@ -172,8 +172,9 @@ class PrometheusMetricsSource:
     def query(self, service: ServiceRef, *, now: float, window_seconds: float) -> MetricsResult:
         """Per-pod series over [now - window_seconds, now]; never raises for backend errors."""
         queries = render_queries(self.templates, service)
-        start = datetime.fromtimestamp(now - window_seconds, tz=UTC)
-        end = datetime.fromtimestamp(now, tz=UTC)
+        # Whole seconds (the client rounds); floor so that no step lies after `now`.
+        start = datetime.fromtimestamp(math.floor(now - window_seconds), tz=UTC)
+        end = datetime.fromtimestamp(math.floor(now), tz=UTC)
         step = f"{self.step_seconds:g}"
         values: dict[str, _Values] = {}
         for key, promql in queries.items():
