@@ -33,7 +33,8 @@ import numpy as np
 import yaml
 from scipy.optimize import least_squares  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "runtime"))
 
 from kvpilot_runtime.latency import (  # noqa: E402
@@ -385,9 +386,13 @@ def summarize(errs: Sequence[float]) -> tuple[float, float, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--csv", type=Path, default=PROFILE_DIR / "data" / MEASURED_CSV)
-    ap.add_argument("--env", type=Path, help="env.json of the measurement run")
-    ap.add_argument("--allreduce-csv", type=Path)
-    ap.add_argument("--allreduce-env", type=Path)
+    ap.add_argument(
+        "--env", type=Path, default=HERE / "runs" / "h100-env.json", help="the run's env.json"
+    )
+    ap.add_argument("--allreduce-csv", type=Path, default=PROFILE_DIR / "data" / ALLREDUCE_CSV)
+    ap.add_argument(
+        "--allreduce-env", type=Path, default=HERE / "runs" / "allreduce-h200x2-env.json"
+    )
     ap.add_argument("--profile", default=PROFILE_NAME)
     ap.add_argument("--write", action="store_true", help="write the profile YAML and data files")
     ap.add_argument("--json", type=Path, help="write the fit report as JSON here")
@@ -404,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ceilings = load_ceilings(args.csv)
     ar: AllReduceFit | None = None
-    if args.allreduce_csv:
+    if args.allreduce_csv and args.allreduce_csv.is_file():
         ar = fit_allreduce(args.allreduce_csv)
         fitted = fitted.with_effective(
             allreduce_bandwidth_bytes_per_s=float(f"{ar.bandwidth_bytes_per_s:.4g}")
@@ -458,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir.mkdir(exist_ok=True)
         if args.csv.resolve() != (data_dir / MEASURED_CSV).resolve():
             shutil.copyfile(args.csv, data_dir / MEASURED_CSV)
-        if args.allreduce_csv:
+        if ar and args.allreduce_csv.resolve() != (data_dir / ALLREDUCE_CSV).resolve():
             shutil.copyfile(args.allreduce_csv, data_dir / ALLREDUCE_CSV)
         calibration: dict[str, Any] = {
             "date": str(env.get("date_utc", ""))[:10],
