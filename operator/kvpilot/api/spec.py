@@ -436,6 +436,13 @@ class ScalingTargets(KvModel):
         le=1,
         description="KV cache usage (vllm:kv_cache_usage_perc, 0..1) to aim for.",
     )
+    time_to_first_token_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=600,
+        description="Optional p90 time-to-first-token (seconds) to aim for; adds replicas "
+        "when exceeded.",
+    )
 
 
 class ScaleUpRules(KvModel):
@@ -448,9 +455,9 @@ class ScaleUpRules(KvModel):
         description="Use the lowest recommendation of this window before scaling up.",
     )
     max_replicas_per_step: int | None = Field(
-        None, ge=1, le=1000, description="Most replicas added per period; unset: no limit."
+        4, ge=1, le=1000, description="Most replicas added per period."
     )
-    period_seconds: int = Field(15, ge=1, le=1800, description="Period of maxReplicasPerStep.")
+    period_seconds: int = Field(60, ge=1, le=1800, description="Period of maxReplicasPerStep.")
 
 
 class ScaleDownRules(KvModel):
@@ -463,9 +470,19 @@ class ScaleDownRules(KvModel):
         description="Use the highest recommendation of this window before scaling down.",
     )
     max_replicas_per_step: int | None = Field(
-        None, ge=1, le=1000, description="Most replicas removed per period; unset: no limit."
+        1, ge=1, le=1000, description="Most replicas removed per period."
     )
     period_seconds: int = Field(60, ge=1, le=1800, description="Period of maxReplicasPerStep.")
+
+
+class ScaleToZero(KvModel):
+    """Scale to zero when idle. Waking from zero needs a request router that holds
+    requests and scales up; without one, a service at zero stays there until scaled."""
+
+    enabled: bool = Field(False, description="Allow zero replicas after idleSeconds.")
+    idle_seconds: int = Field(
+        600, ge=0, le=86_400, description="No request running or waiting for this long."
+    )
 
 
 SCALING_BOUNDS = CelRule(
@@ -507,6 +524,9 @@ class ScalingSpec(KvModel):
     )
     scale_up: ScaleUpRules = sub_object(ScaleUpRules, "Rate limits for adding replicas.")
     scale_down: ScaleDownRules = sub_object(ScaleDownRules, "Rate limits for removing replicas.")
+    scale_to_zero: ScaleToZero = sub_object(
+        ScaleToZero, "Whether an idle service may go to zero replicas (off by default)."
+    )
     cold_start_grace_seconds: int = Field(
         600,
         ge=0,

@@ -777,6 +777,64 @@ def _headline(spec: int, desired: int) -> str:
     return f"holding {spec}"
 
 
+def _cleared(state: PolicyState) -> PolicyState:
+    """Forget the windows and modes (after a gap in usable decisions)."""
+    return replace(
+        state,
+        history=(),
+        history_since=None,
+        panic_since=None,
+        panic_last_trigger_at=None,
+        idle_since=None,
+    )
+
+
+def _paused(state: PolicyState, spec: int) -> Decision:
+    return Decision(
+        desired_replicas=spec,
+        current_replicas=spec,
+        recommendation=None,
+        signal=Signal.NONE,
+        constraints=(Constraint.PAUSED,),
+        panic=False,
+        fail_static=False,
+        reason=f"holding {spec}: autoscaling is paused",
+        condition_reason="Paused",
+        observed=None,
+        state=replace(_cleared(state), last_applied=spec, manual_at=None),
+    )
+
+
+def _at_zero(state: PolicyState) -> Decision:
+    return Decision(
+        desired_replicas=0,
+        current_replicas=0,
+        recommendation=None,
+        signal=Signal.NONE,
+        constraints=(Constraint.SCALED_TO_ZERO,),
+        panic=False,
+        fail_static=False,
+        reason="holding 0: no replica to measure; scale to 1 or more to resume autoscaling",
+        condition_reason="ScaledToZero",
+        observed=None,
+        state=replace(_cleared(state), last_applied=0, cold_start_at=None),
+    )
+
+
+def _rate_limit(
+    config: PolicyConfig, state: PolicyState, now: float, spec: int, target: int
+) -> int:
+    """Cap the change at maxReplicasPerStep minus what was changed within the period."""
+    up, down = config.scale_up, config.scale_down
+    if target > spec and up.max_replicas_per_step is not None:
+        used = sum(d for t, d in state.scale_events if d > 0 and t > now - up.period_seconds)
+        return min(target, spec + max(0, up.max_replicas_per_step - used))
+    if target < spec and down.max_replicas_per_step is not None:
+        used = sum(-d for t, d in state.scale_events if d < 0 and t > now - down.period_seconds)
+        return max(target, spec - max(0, down.max_replicas_per_step - used))
+    return target
+
+
 def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decision:
     """Compute one decision. Pure: same inputs, same Decision.
 
@@ -794,64 +852,18 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
         state = replace(state, history=(), history_since=None)
 
     if inp.paused:
-        return Decision(
-            desired_replicas=spec,
-            current_replicas=spec,
-            recommendation=None,
-            signal=Signal.NONE,
-            constraints=(Constraint.PAUSED,),
-            panic=False,
-            fail_static=False,
-            reason=f"holding {spec}: autoscaling is paused",
-            condition_reason="Paused",
-            observed=None,
-            state=replace(
-                state,
-                last_applied=spec,
-                history=(),
-                history_since=None,
-                panic_since=None,
-                panic_last_trigger_at=None,
-                manual_at=None,
-                idle_since=None,
-            ),
-        )
+        return _paused(state, spec)
 
     if state.last_applied is not None and spec != state.last_applied:
+        # Someone else wrote spec.replicas: adopt it, hold it, restart the windows.
         state = replace(
-            state,
+            _cleared(state),
             manual_at=now,
-            history=(),
-            history_since=None,
-            panic_since=None,
-            panic_last_trigger_at=None,
-            idle_since=None,
             cold_start_at=now if spec > state.last_applied else state.cold_start_at,
         )
 
     if spec == 0:
-        return Decision(
-            desired_replicas=0,
-            current_replicas=0,
-            recommendation=None,
-            signal=Signal.NONE,
-            constraints=(Constraint.SCALED_TO_ZERO,),
-            panic=False,
-            fail_static=False,
-            reason="holding 0: no replica to measure; scale to 1 or more to resume autoscaling",
-            condition_reason="ScaledToZero",
-            observed=None,
-            state=replace(
-                state,
-                last_applied=0,
-                history=(),
-                history_since=None,
-                panic_since=None,
-                panic_last_trigger_at=None,
-                idle_since=None,
-                cold_start_at=None,
-            ),
-        )
+        return _at_zero(state)
 
     lo, hi = config.min_replicas, config.max_replicas
     floor = max(lo, 1)
@@ -893,19 +905,7 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
             reason=reason,
             condition_reason=ev.condition_reason,
             observed=None,
-            state=_with_change(
-                replace(
-                    state,
-                    history=(),
-                    history_since=None,
-                    panic_since=None,
-                    panic_last_trigger_at=None,
-                    idle_since=None,
-                ),
-                now,
-                spec,
-                desired,
-            ),
+            state=_with_change(_cleared(state), now, spec, desired),
         )
 
     observed = Observed(
@@ -1028,29 +1028,17 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
                 notes.append(f"recommendation {rec} waits out the {window:g}s window")
 
     if not in_manual:
-        if target > spec and up_rules.max_replicas_per_step is not None:
-            used = sum(
-                d for t, d in state.scale_events if d > 0 and t > now - up_rules.period_seconds
+        limited = _rate_limit(config, state, now, spec, target)
+        if limited != target:
+            target = limited
+            constraints.append(Constraint.RATE_LIMIT)
+            step, period = (
+                (up_rules.max_replicas_per_step, up_rules.period_seconds)
+                if limited > spec
+                else (down_rules.max_replicas_per_step, down_rules.period_seconds)
             )
-            limit = spec + max(0, up_rules.max_replicas_per_step - used)
-            if target > limit:
-                target = limit
-                constraints.append(Constraint.RATE_LIMIT)
-                notes.append(
-                    f"rate limit +{up_rules.max_replicas_per_step} per {up_rules.period_seconds:g}s"
-                )
-        elif target < spec and down_rules.max_replicas_per_step is not None:
-            used = sum(
-                -d for t, d in state.scale_events if d < 0 and t > now - down_rules.period_seconds
-            )
-            limit = spec - max(0, down_rules.max_replicas_per_step - used)
-            if target < limit:
-                target = limit
-                constraints.append(Constraint.RATE_LIMIT)
-                notes.append(
-                    f"rate limit -{down_rules.max_replicas_per_step} "
-                    f"per {down_rules.period_seconds:g}s"
-                )
+            sign = "+" if limited > spec else "-"
+            notes.append(f"rate limit {sign}{step} per {period:g}s")
 
     desired = _clamp(target, lo_eff, hi)
     if desired > target:
