@@ -881,8 +881,12 @@ class PodRunner:
                 log.info("Stopping orphaned replica pod=%s/%s pid=%d", *key, info.pid)
                 _kill_group(info.pid, signal.SIGKILL)
             stem = file_stem(key)
-            _unlink(self.paths.state / f"{stem}.json")
-            _unlink(self.paths.targets / f"{stem}.json")
+            for path in (
+                self.paths.state / f"{stem}.json",
+                self.paths.state / f"{stem}.pod.json",
+                self.paths.targets / f"{stem}.json",
+            ):
+                _unlink(path)
 
 
 def _body(resp: object) -> dict[str, Any]:
@@ -899,6 +903,7 @@ def _unlink_if_pid(state_file: Path, pid: int) -> None:
     except (OSError, ValueError):
         return
     _unlink(state_file)
+    _unlink(state_file.with_suffix(".pod.json"))
 
 
 def _cmdline(pid: int) -> str:

@@ -35,7 +35,9 @@ from kvpilot_runtime.models import shape_from_config
 from kvpilot_runtime.probe import RequestPlan, run_load, server_sums
 
 DECODE_POINTS = ((1, 16), (2, 16), (4, 16), (1, 512), (2, 512), (4, 512))
+QUICK_DECODE_POINTS = ((1, 16), (4, 16), (1, 512), (4, 512))
 PREFILL_LENGTHS = (32, 128, 256, 512, 900)
+QUICK_PREFILL_LENGTHS = (32, 128, 512, 900)
 DECODE_TOKENS = 48
 
 
@@ -69,12 +71,15 @@ async def _round(url: str, model: str, conc: int, plen: int, *, max_tokens: int,
         raise RuntimeError(f"calibration requests failed: {failed}")
 
 
-async def measure(url: str, model: str, repeats: int = 3) -> list[Measurement]:
+async def measure(
+    url: str, model: str, repeats: int = 3, *, quick: bool = False
+) -> list[Measurement]:
+    """The calibration points; ``quick`` measures fewer (for in-situ refits)."""
     out: list[Measurement] = []
     # Warm-up so first-request effects stay out of the data.
     await _round(url, model, 1, 64, max_tokens=8, seed=0)
     fam = "vllm:inter_token_latency_seconds"
-    for conc, plen in DECODE_POINTS:
+    for conc, plen in QUICK_DECODE_POINTS if quick else DECODE_POINTS:
         # vLLM's front end streams tokens in bursts when it falls behind, so the
         # gaps a client sees are not step times; the server's inter-token
         # histogram, stamped by the engine core, is.
@@ -86,7 +91,7 @@ async def measure(url: str, model: str, repeats: int = 3) -> list[Measurement]:
         after = await server_sums(url)
         itl = (after[fam][0] - before[fam][0]) / (after[fam][1] - before[fam][1])
         out.append(Measurement("decode", conc, plen, itl))
-    for plen in PREFILL_LENGTHS:
+    for plen in QUICK_PREFILL_LENGTHS if quick else PREFILL_LENGTHS:
         ttfts: list[float] = []
         for k in range(repeats + 2):
             rng = random.Random(plen * 10 + k)

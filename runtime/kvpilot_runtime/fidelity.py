@@ -3,11 +3,12 @@
 Both serve the tiny test model with ``--max-num-seqs 4`` and a 16-block KV
 cache (see :mod:`kvpilot_runtime.vllm_cpu`). The procedure:
 
-1. calibrate: the CPU profile's step-time model is refitted on the running
-   vLLM with the micro-measurements of :mod:`kvpilot_runtime.calibrate`
-   (single-request prefills, synchronized decode batches of 1-4). The test
-   machines are shared, so the committed ``cpu`` profile is only the
-   reference; the refit absorbs how fast the machine is right now;
+1. calibrate: before each load, the CPU profile's step-time model is refitted
+   on the running vLLM with the micro-measurements of
+   :mod:`kvpilot_runtime.calibrate` (single-request prefills, synchronized
+   decode batches of 1-4). The test machines are shared, so the committed
+   ``cpu`` profile is only the reference; the refit absorbs how fast the
+   machine is right now;
 2. validate: the same Poisson arrivals at three rates (light, moderate, and
    past saturation) go to real vLLM and to the simulator in turn, and median
    TTFT, median inter-token latency (per-request time per output token), mean
@@ -65,7 +66,7 @@ def calibrate_profile(url: str, model_dir: Path, out: Path) -> dict[str, Any]:
     """Refits the CPU profile on the server at ``url``; writes it to ``out`` (YAML)."""
     shape = shape_from_config(json.loads((model_dir / "config.json").read_text()))
     base = load_profile("cpu")
-    data = asyncio.run(measure(url, SERVED_NAME))
+    data = asyncio.run(measure(url, SERVED_NAME, repeats=2, quick=True))
     prof, frontend, rms = fit(base, shape, data)
     doc = yaml.safe_load((PROFILE_DIR / "cpu.yaml").read_text())
     doc["effective"] = dataclasses.asdict(prof.effective)
@@ -95,11 +96,15 @@ def run_rate(url: str, rate: float, duration: float, seed: int) -> dict[str, flo
     return {k: round(v, 6) for k, v in result.summary().items()}
 
 
-def compare(real: dict[str, dict[str, float]], sim: dict[str, dict[str, float]]) -> dict[str, Any]:
+def compare(
+    real: dict[str, dict[str, float]],
+    sim: dict[str, dict[str, float]],
+    rates: Sequence[tuple[str, float]] = RATES,
+) -> dict[str, Any]:
     errors: dict[str, dict[str, float]] = {}
     goals: list[dict[str, Any]] = []
     worst = 0.0
-    for name, _ in RATES:
+    for name, _ in rates:
         errors[name] = {}
         for metric, floor in FLOORS.items():
             e = rel_error(sim[name][metric], real[name][metric], floor)
@@ -136,18 +141,24 @@ def run_fidelity(
     rates: Sequence[tuple[str, float]] = RATES,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Calibrates on ``vllm``, then runs every rate on vLLM and on a simulator in turn."""
-    profile_path = work_dir / "cpu-insitu.yaml"
-    calibration = calibrate_profile(vllm.url, model_dir, profile_path)
-    log(f"calibration: {json.dumps(calibration)}")
+    """For each rate: calibrate on ``vllm``, then run the load on vLLM and on a simulator.
+
+    Calibrating right before each rate keeps the comparison about the model, not
+    about how busy the shared machine happened to be a few minutes earlier.
+    """
     real: dict[str, dict[str, float]] = {}
     sim: dict[str, dict[str, float]] = {}
-    with run_sim(model_dir, work_dir, extra_args=["--profile", str(profile_path)]) as simulator:
-        for i, (name, rate) in enumerate(rates):
-            real[name] = run_rate(vllm.url, rate, duration, seed + i)
-            log(f"real {name:9s} rate={rate:5.1f}/s {json.dumps(real[name])}")
+    calibrations: dict[str, dict[str, Any]] = {}
+    for i, (name, rate) in enumerate(rates):
+        profile_path = work_dir / f"cpu-insitu-{name}.yaml"
+        calibrations[name] = calibrate_profile(vllm.url, model_dir, profile_path)
+        log(f"calibration {name}: {json.dumps(calibrations[name])}")
+        real[name] = run_rate(vllm.url, rate, duration, seed + i)
+        log(f"real {name:9s} rate={rate:5.1f}/s {json.dumps(real[name])}")
+        sim_args = ["--profile", str(profile_path)]
+        with run_sim(model_dir, work_dir / name, extra_args=sim_args) as simulator:
             sim[name] = run_rate(simulator.url, rate, duration, seed + i)
-            log(f"sim  {name:9s} rate={rate:5.1f}/s {json.dumps(sim[name])}")
+        log(f"sim  {name:9s} rate={rate:5.1f}/s {json.dumps(sim[name])}")
     return {
         "setup": {
             "model": "tiny random Llama (runtime/kvpilot_runtime/tiny_model.py)",
@@ -160,8 +171,8 @@ def run_fidelity(
             "floors": FLOORS,
             "units": UNITS,
         },
-        "calibration": calibration,
+        "calibration": calibrations,
         "real": real,
         "sim": sim,
-        **compare(real, sim),
+        **compare(real, sim, rates),
     }

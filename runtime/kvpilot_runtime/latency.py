@@ -56,6 +56,10 @@ class Effective:
     attention_flops_per_s: float
     allreduce_latency_s: float
     allreduce_bandwidth_bytes_per_s: float
+    # Optional: combine the weight-read and matmul times with a smooth maximum
+    # (w^q + m^q)^(1/q) instead of max(w, m); near the ridge real GEMMs neither
+    # fully overlap nor fully serialize. None keeps the plain maximum.
+    overlap_exponent: float | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,12 @@ def batch_features(shape: ModelShape, tp: int, batch: Batch) -> dict[str, float]
     }
 
 
+def _combine(weights: float, matmul: float, q: float | None) -> float:
+    if q is None:
+        return max(weights, matmul)
+    return float((weights**q + matmul**q) ** (1.0 / q))
+
+
 def step_terms(profile: Profile, shape: ModelShape, tp: int, batch: Batch) -> StepTerms:
     """Each term of the step time; see :func:`step_time`."""
     eff = profile.effective
@@ -202,9 +212,10 @@ def step_terms(profile: Profile, shape: ModelShape, tp: int, batch: Batch) -> St
         )
     return StepTerms(
         overhead=eff.step_overhead_s,
-        weights_or_matmul=max(
+        weights_or_matmul=_combine(
             f["weight_bytes"] / eff.weight_bandwidth_bytes_per_s,
             f["matmul_flops"] / eff.matmul_flops_per_s,
+            eff.overlap_exponent,
         ),
         kv_read=f["kv_bytes"] / eff.kv_bandwidth_bytes_per_s,
         prefill_attention=f["attention_flops"] / eff.attention_flops_per_s,
@@ -216,6 +227,7 @@ def step_time(profile: Profile, model_shape: ModelShape, tp: int, batch: Batch) 
     """Seconds one engine step takes.
 
     t = t0 + max(weight_bytes / weight_bw, 2 * params * n_tokens / matmul_flops)
+          (or their smooth maximum with ``overlap_exponent``)
           + kv_bytes_read / kv_bw + prefill_attention_flops / attention_flops
           + (tp > 1) 2 * layers * (allreduce_latency + 2 (tp-1)/tp * n_tokens * hidden * 2 / ar_bw)
     all per GPU. An empty batch costs nothing (the engine idles).
@@ -252,6 +264,10 @@ def profile_from_dict(name: str, data: Mapping[str, Any]) -> Profile:
     for k in EFFECTIVE_KEYS:
         if k.endswith("_per_s") and values[k] == 0:
             raise ValueError(f"profile {name!r}: {k} must be positive")
+    q_raw = eff_raw.get("overlap_exponent")
+    q = None if q_raw is None else _positive("overlap_exponent", q_raw)
+    if q is not None and q < 1:
+        raise ValueError(f"profile {name!r}: overlap_exponent must be at least 1")
     calibration = None
     cal_raw = data.get("calibration")
     if cal_raw is not None:
@@ -270,7 +286,7 @@ def profile_from_dict(name: str, data: Mapping[str, Any]) -> Profile:
         name=name,
         gpu=str(data["gpu"]),
         memory_gib=_positive("memory_gib", data["memory_gib"]),
-        effective=Effective(**values),
+        effective=Effective(**values, overlap_exponent=q),
         sources=tuple(str(s) for s in sources_raw),
         calibration=calibration,
         extra={k: v for k, v in data.items() if k not in core},

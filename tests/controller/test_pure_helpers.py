@@ -8,7 +8,7 @@ import pytest
 
 from kvpilot.conditions import Condition, merge_conditions
 from kvpilot.objects import contains, object_ref
-from kvpilot.planning.placement import ServicePlacement
+from kvpilot.planning.placement import PlacementReason, ServicePlacement
 from kvpilot.reconcile import Observed, compute_status, serving_conditions, status_changed
 
 
@@ -78,7 +78,7 @@ def _placed(wanted: int, placed: int) -> ServicePlacement:
 
     fit = fit_model("hf://meta-llama/Llama-3.1-8B-Instruct", ServingConfig(), tensor=1)
     assert isinstance(fit, ModelFits)
-    reason = "Placed" if placed >= wanted else "InsufficientCapacity"
+    reason: PlacementReason = "Placed" if placed >= wanted else "InsufficientCapacity"
     return ServicePlacement(
         name="ns/x",
         reason=reason,

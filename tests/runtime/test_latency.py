@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -162,3 +163,23 @@ def test_profile_errors(change: dict[str, object], message: str) -> None:
 def test_unknown_profile() -> None:
     with pytest.raises(ValueError, match="unknown latency profile"):
         load_profile("tpu-v9")
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        (None, 0.002),  # max(2 ms weights, 1 ms matmul)
+        (1.0, 0.003),  # fully serialized
+        (2.0, math.sqrt(0.002**2 + 0.001**2)),
+    ],
+)
+def test_overlap_exponent(q: float | None, expected: float) -> None:
+    # 50 tokens: 2 x 1e9 x 50 = 1e11 FLOPs at 1e14 FLOP/s = 1 ms of matmul.
+    prof = Profile("q", "Q", 80, dataclasses.replace(EFF, overlap_exponent=q))
+    terms = step_terms(prof, SHAPE, 1, Batch(prefill_chunks=(PrefillChunk(50, 0),)))
+    assert terms.weights_or_matmul == pytest.approx(expected)
+
+
+def test_overlap_exponent_is_read_from_profiles() -> None:
+    doc = {**BASE_DOC, "effective": {**BASE_DOC["effective"], "overlap_exponent": 1.75}}  # type: ignore[dict-item]
+    assert profile_from_dict("x", doc).effective.overlap_exponent == 1.75
