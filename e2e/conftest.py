@@ -13,11 +13,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from e2e.helpers import Kube
+from e2e.operator import OperatorProcess
 from kvpilot import devcluster
+
+if TYPE_CHECKING:
+    pass
 
 
 @dataclass(frozen=True)
@@ -73,15 +78,15 @@ def namespace(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[str]
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[Path]:
-    """The kvpilot operator running against the dev cluster (CRDs installed first).
-
-    Yields the operator's log file, which tests print when something fails.
-    """
+def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+    """The kvpilot operator running against the dev cluster (CRDs installed first),
+    reading serving metrics from the dev cluster's Prometheus. Restartable."""
     from e2e.operator import install_crds, running_operator
 
     install_crds(cluster.kube)
     log_file = cluster.layout.logs / "operator-e2e.log"
     log_file.write_text("")
-    with running_operator(cluster.kubeconfig, log_file):
-        yield log_file
+    with running_operator(
+        cluster.kubeconfig, log_file, prometheus_url=cluster.prometheus_url
+    ) as op:
+        yield op

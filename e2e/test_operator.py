@@ -13,6 +13,7 @@ import yaml
 
 from e2e.conftest import Cluster
 from e2e.helpers import Kube, condition, condition_true, wait_for
+from e2e.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("operator")
@@ -216,7 +217,7 @@ def test_kubectl_scale(kube: Kube, namespace: str) -> None:
 
 
 def test_unsatisfiable_spec_reports_and_creates_nothing(
-    kube: Kube, namespace: str, operator: Path
+    kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     obj = example("llama-3.1-8b.yaml")
     obj["metadata"]["name"] = "too-wide"
@@ -238,7 +239,7 @@ def test_unsatisfiable_spec_reports_and_creates_nothing(
         "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=too-wide"
     )
     assert any(e["reason"] == "NoGPUTypeFits" for e in events["items"])
-    assert "Traceback" not in operator.read_text(errors="replace")
+    assert "Traceback" not in operator.log()
 
 
 def test_delete_removes_owned_objects(kube: Kube, namespace: str, cluster: Cluster) -> None:

@@ -659,10 +659,21 @@ def up(inventory_path: Path | None = None, layout: Layout | None = None) -> Layo
         log("already running")
         apply_nodes(layout, inventory)
         return layout
-    stray = cluster_processes(layout)
-    if stray:
-        log(f"stopping {len(stray)} leftover process(es) of an earlier run")
-        down(layout)
+    # Keep what still runs healthily (a partial restart keeps etcd's data and the
+    # API server's state); stop only leftovers that do not answer.
+    healthy_now: set[str] = set()
+    if (layout.pki / "admin.crt").exists() and layout.kubeconfig.exists():
+        current = status(layout)
+        healthy_now = {name for name, st in current.items() if st["healthy"]}
+        for name, st in current.items():
+            if st["pid"] and name not in healthy_now:
+                log(f"stopping unhealthy {name} (pid {st['pid']})")
+                stop_component(name, layout)
+    else:
+        stray = cluster_processes(layout)
+        if stray:
+            log(f"stopping {len(stray)} leftover process(es) of an earlier run")
+            down(layout)
     layout.root.mkdir(parents=True, exist_ok=True)
     (layout.root / ".gitignore").write_text("*\n")
     for d in (layout.data, layout.logs):
@@ -672,6 +683,8 @@ def up(inventory_path: Path | None = None, layout: Layout | None = None) -> Layo
     write_kubeconfig(layout)
     started: dict[str, Any] = {}
     for comp in components(layout, bins, inventory):
+        if comp.name in healthy_now:
+            continue
         logfile = layout.logs / f"{comp.name}.log"
         log(f"starting {comp.name}")
         with logfile.open("ab") as fh:
@@ -792,6 +805,23 @@ def down(layout: Layout | None = None, keep_data: bool = False, timeout_s: float
         layout.state.unlink()
     log(f"stopped {len(pids)} process(es)")
     return len(pids)
+
+
+def stop_component(name: str, layout: Layout | None = None, timeout_s: float = 20.0) -> bool:
+    """Stop one component (e.g. Prometheus, to test how clients cope); ``up`` restarts it."""
+    layout = layout or Layout.default()
+    pids = [p for p, cmd in cluster_processes(layout).items() if _component_of(cmd) == name]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(
+        _component_of(c) == name for c in cluster_processes(layout).values()
+    ):
+        time.sleep(0.1)
+    for pid, cmd in cluster_processes(layout).items():
+        if _component_of(cmd) == name:
+            _signal(pid, signal.SIGKILL)
+    return bool(pids)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
