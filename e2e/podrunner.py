@@ -50,7 +50,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -534,6 +534,12 @@ class PodRunner:
             _request_timeout=(5, self.watch_timeout + 15),
         )
         try:
+            status = getattr(resp, "status", 200)
+            if status == 410:
+                log.info("Pod watch expired at resourceVersion=%s, listing again", rv)
+                return None
+            if not 200 <= status < 300:
+                raise RuntimeError(f"watch answered HTTP {status}")
             for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
                 if self._stopping.is_set():
                     return rv
@@ -856,16 +862,23 @@ class PodRunner:
         while self._terminating:
             left: list[_Terminating] = []
             for t in self._terminating:
-                if t.process.poll() is not None:
-                    _kill_group(t.process.pid, signal.SIGKILL)  # stray children, if any
-                    _unlink_if_pid(t.state_file, t.process.pid)
-                elif time.monotonic() >= t.kill_at:
-                    _kill_group(t.process.pid, signal.SIGKILL)
+                pid, now = t.process.pid, time.monotonic()
+                if t.process.poll() is None:
+                    if now < t.kill_at:
+                        left.append(t)
+                        continue
+                    _kill_group(pid, signal.SIGKILL)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         t.process.wait(5)
-                    _unlink_if_pid(t.state_file, t.process.pid)
-                else:
-                    left.append(t)
+                # The leader is gone; the rest of its group (vLLM's engine core and
+                # workers) goes with it. The state file stays until all of them are.
+                if group_alive(pid):
+                    _kill_group(pid, signal.SIGKILL)
+                    if now < t.kill_at + 10:
+                        left.append(t)
+                        continue
+                    log.warning("Processes of group %d outlived SIGKILL", pid)
+                _unlink_if_pid(t.state_file, pid)
             self._terminating = left
             if not wait or not left:
                 return
@@ -906,6 +919,20 @@ def _unlink_if_pid(state_file: Path, pid: int) -> None:
     _unlink(state_file.with_suffix(".pod.json"))
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a process (not a zombie) of process group ``pgid`` still runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -924,13 +951,6 @@ def _set_container_env(
 
 
 # --------------------------------------------------------------------------- standalone
-
-
-@contextlib.contextmanager
-def running(**kwargs: Any) -> Iterator[PodRunner]:
-    """A pod runner on the dev cluster for the duration of the block."""
-    with PodRunner.for_dev_cluster(**kwargs) as runner:
-        yield runner
 
 
 def main(argv: Sequence[str] | None = None) -> int:

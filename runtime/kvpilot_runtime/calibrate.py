@@ -1,10 +1,12 @@
 """Calibrates a latency profile against a running vLLM server (used for the CPU profile).
 
-Measures, at the client, (a) the inter-token latency of decode batches of 1, 2
-and 4 sequences at short and long contexts and (b) the time to first token of
-single prompts of several lengths on an idle server, then fits the effective
-rates of :func:`kvpilot_runtime.latency.step_time` (plus the front end's fixed
-per-request latency) by least squares on relative errors.
+Measures (a) the inter-token latency of synchronized decode batches of 1, 2
+and 4 sequences at short and long contexts and (b) the prefill time of single
+prompts of several lengths on an idle server, both from the server's own
+histograms (stamped by the engine core), plus (c) the client's time to first
+token of those prompts; then fits the effective rates of
+:func:`kvpilot_runtime.latency.step_time` and the front end's fixed
+per-request latency by least squares on relative errors.
 
     python -m kvpilot_runtime.calibrate --start --csv runtime/kvpilot_runtime/profiles/data/cpu.csv
     python -m kvpilot_runtime.calibrate --csv FILE      # refit recorded data
@@ -45,7 +47,10 @@ DECODE_TOKENS = 48
 class Measurement:
     """One measured point: what kind, its batch, and the median latency (s)."""
 
-    kind: str  # "decode" (ITL) or "prefill" (TTFT)
+    # "decode": the server's mean inter-token latency of a decode batch;
+    # "prefill": the server's mean prefill time (scheduled to first token) of one prompt;
+    # "ttft": the client's median time to first token of one prompt (adds the front end).
+    kind: str
     concurrency: int
     prompt_len: int
     seconds: float
@@ -65,7 +70,7 @@ async def _round(url: str, model: str, conc: int, plen: int, *, max_tokens: int,
         RequestPlan(0.0, tuple(rng.randrange(2, 400) for _ in range(plen)), max_tokens)
         for _ in range(conc)
     ]
-    result = await run_load(url, model, plans, sample_interval=60.0)
+    result = await run_load(url, model, plans)
     failed = [r.error for r in result.requests if r.error]
     if failed:
         raise RuntimeError(f"calibration requests failed: {failed}")
@@ -76,8 +81,9 @@ async def measure(
 ) -> list[Measurement]:
     """The calibration points; ``quick`` measures fewer (for in-situ refits)."""
     out: list[Measurement] = []
-    # Warm-up so first-request effects stay out of the data.
-    await _round(url, model, 1, 64, max_tokens=8, seed=0)
+    # Warm-up: the first batches of each shape are slow (allocations, kernel setup).
+    for conc in (1, 2, 4, 1):
+        await _round(url, model, conc, 16 if conc > 1 else 512, max_tokens=16, seed=conc)
     fam = "vllm:inter_token_latency_seconds"
     for conc, plen in QUICK_DECODE_POINTS if quick else DECODE_POINTS:
         # vLLM's front end streams tokens in bursts when it falls behind, so the
@@ -93,21 +99,26 @@ async def measure(
         out.append(Measurement("decode", conc, plen, itl))
     for plen in QUICK_PREFILL_LENGTHS if quick else PREFILL_LENGTHS:
         ttfts: list[float] = []
+        before = await server_sums(url)
         for k in range(repeats + 2):
             rng = random.Random(plen * 10 + k)
             plan = RequestPlan(0.0, tuple(rng.randrange(2, 400) for _ in range(plen)), 1)
-            result = await run_load(url, model, [plan], sample_interval=60.0)
+            result = await run_load(url, model, [plan])
             ttft = result.requests[0].ttft
             if ttft is None:
                 raise RuntimeError(f"calibration request failed: {result.requests[0].error}")
             ttfts.append(ttft)
-        out.append(Measurement("prefill", 1, plen, statistics.median(ttfts)))
+        after = await server_sums(url)
+        fam = "vllm:request_prefill_time_seconds"
+        prefill = (after[fam][0] - before[fam][0]) / (after[fam][1] - before[fam][1])
+        out.append(Measurement("prefill", 1, plen, prefill))
+        out.append(Measurement("ttft", 1, plen, statistics.median(ttfts)))
     return out
 
 
 def predict(profile: Profile, shape: ModelShape, m: Measurement, frontend: float) -> float:
     t = step_time(profile, shape, 1, m.batch())
-    return t + (frontend if m.kind == "prefill" else 0.0)
+    return t + (frontend if m.kind == "ttft" else 0.0)
 
 
 FIT_KEYS = (
@@ -146,7 +157,7 @@ def fit(
 def write_csv(path: Path, data: Sequence[Measurement]) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["kind", "concurrency", "prompt_len", "decode_tokens", "median_seconds"])
+        w.writerow(["kind", "concurrency", "prompt_len", "decode_tokens", "seconds"])
         for m in data:
             w.writerow([m.kind, m.concurrency, m.prompt_len, DECODE_TOKENS, f"{m.seconds:.6f}"])
 
@@ -154,9 +165,7 @@ def write_csv(path: Path, data: Sequence[Measurement]) -> None:
 def read_csv(path: Path) -> list[Measurement]:
     with path.open() as fh:
         return [
-            Measurement(
-                r["kind"], int(r["concurrency"]), int(r["prompt_len"]), float(r["median_seconds"])
-            )
+            Measurement(r["kind"], int(r["concurrency"]), int(r["prompt_len"]), float(r["seconds"]))
             for r in csv.DictReader(fh)
         ]
 
@@ -204,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"measured={m.seconds * 1e3:8.2f} ms "
             f"fitted={predict(prof, shape, m, fe) * 1e3:8.2f} ms"
         )
-    out = {k: float(f"{v:.4g}") for k, v in dataclasses.asdict(prof.effective).items()}
+    out = {
+        k: float(f"{v:.4g}") for k, v in dataclasses.asdict(prof.effective).items() if v is not None
+    }
     summary = {"effective": out, "frontend_latency_s": float(f"{fe:.4g}"), "rms_rel_error": rms}
     print(json.dumps(summary, indent=2))
     return 0

@@ -5,8 +5,9 @@ It accepts vLLM's command line (unknown arguments are logged and ignored), serve
 ``/health`` and ``/metrics`` with vLLM's metric families, and schedules requests
 with :class:`kvpilot_runtime.engine.Engine`, sleeping each step's modelled time
 (divided by ``--time-scale``). For rollout tests it can fail a fraction of
-requests and run slower; both can be changed at run time through
-``POST /kvpilot/control`` (JSON ``{"fail_fraction": f, "slowdown": s}``).
+requests and run slower; both (and the front end's fixed latency) can be
+changed at run time through ``POST /kvpilot/control`` (JSON
+``{"fail_fraction": f, "slowdown": s, "frontend_latency_s": t}``).
 
 Unlike vLLM, the default host is 127.0.0.1.
 """
@@ -642,6 +643,11 @@ class SimServer:
                     if not 0.0 <= ff <= 1.0:
                         raise ValueError("fail_fraction must be within [0, 1]")
                     self.fail_fraction = ff
+                if "frontend_latency_s" in body:
+                    fl = float(body["frontend_latency_s"])
+                    if not (fl >= 0 and math.isfinite(fl)):
+                        raise ValueError("frontend_latency_s must not be negative")
+                    self.frontend_latency_s = fl
                 if "slowdown" in body:
                     sd = float(body["slowdown"])
                     if not (sd > 0 and math.isfinite(sd)):
@@ -650,12 +656,17 @@ class SimServer:
             except (TypeError, ValueError) as exc:
                 return _error(400, str(exc))
             log.info(
-                "Changed settings fail_fraction=%s slowdown=%s",
+                "Changed settings fail_fraction=%s slowdown=%s frontend_latency_s=%s",
                 self.fail_fraction,
                 self.engine.slowdown,
+                self.frontend_latency_s,
             )
         return web.json_response(
-            {"fail_fraction": self.fail_fraction, "slowdown": self.engine.slowdown}
+            {
+                "fail_fraction": self.fail_fraction,
+                "slowdown": self.engine.slowdown,
+                "frontend_latency_s": self.frontend_latency_s,
+            }
         )
 
     def app(self) -> web.Application:

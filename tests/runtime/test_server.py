@@ -161,7 +161,11 @@ def test_fail_fraction_and_control_endpoint() -> None:
         resp = await client.post("/v1/completions", json=completion())
         assert resp.status == 500
         ctl = await client.post("/kvpilot/control", json={"fail_fraction": 0.0, "slowdown": 3})
-        assert await ctl.json() == {"fail_fraction": 0.0, "slowdown": 3.0}
+        assert await ctl.json() == {
+            "fail_fraction": 0.0,
+            "slowdown": 3.0,
+            "frontend_latency_s": 0.0,
+        }
         assert (await client.post("/v1/completions", json=completion())).status == 200
         assert sim.engine.slowdown == 3.0
         bad = await client.post("/kvpilot/control", json={"fail_fraction": 2})
