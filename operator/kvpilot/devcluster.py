@@ -186,9 +186,22 @@ def ensure_go_tool(tool: str, version: str) -> Path:
     return d / tool
 
 
+def _system_which(name: str) -> Path | None:
+    """``name`` on PATH, skipping ``.dev-cluster/bin`` (its links point back here) and
+    resolved, so a link is never made to itself."""
+    own = (repo_root() / ".dev-cluster" / "bin").resolve()
+    dirs = [
+        d
+        for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if d and Path(d).resolve() != own
+    ]
+    found = shutil.which(name, path=os.pathsep.join(dirs))
+    return Path(found).resolve() if found else None
+
+
 def ensure_debian_packages(binaries: dict[str, str]) -> dict[str, Path]:
     """Find packaged binaries, installing their Debian packages when we are root."""
-    missing = {b: p for b, p in binaries.items() if shutil.which(b) is None}
+    missing = {b: p for b, p in binaries.items() if _system_which(b) is None}
     if missing:
         pkgs = sorted(set(missing.values()))
         if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -209,10 +222,10 @@ def ensure_debian_packages(binaries: dict[str, str]) -> dict[str, Path]:
             )
     out: dict[str, Path] = {}
     for b, pkg in binaries.items():
-        found = shutil.which(b)
+        found = _system_which(b)
         if found is None:
             raise DevClusterError(f"{b} still not found after installing {pkg}")
-        out[b] = Path(found)
+        out[b] = found
     return out
 
 
