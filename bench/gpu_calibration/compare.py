@@ -12,16 +12,21 @@ NVIDIA NIM: inter-token latency at concurrency 1 (one decoding sequence) from
 NIM's published benchmark tables, where the table names the GPU, precision and
 tensor-parallel size.
 
+Each figure is predicted with the profile, with the same H100 data fitted to the
+plain max(w, m) formula (no overlap exponent, per-layer or per-sequence cost),
+and with the specification-based rates that the calibration replaced.
+
     .venv/bin/python bench/gpu_calibration/compare.py [--profile h100-80gb]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,37 +129,40 @@ def nim_points() -> list[NimPoint]:
     ]
 
 
-def candidate_step_time(
-    params: dict[str, float], profile: Profile, shape: ModelShape, tp: int, contexts: Sequence[int]
-) -> float:
-    """The step time under fit.py's 'smooth-max + per-layer' candidate formula."""
-    from kvpilot_runtime.latency import batch_features, step_terms
-
-    f = batch_features(shape, tp, decode_batch(contexts))
-    w = f["weight_bytes"] / params["weight_bandwidth_bytes_per_s"]
-    m = f["matmul_flops"] / params["matmul_flops_per_s"]
-    q = params["smooth_max_exponent"]
-    allreduce = step_terms(profile, shape, tp, decode_batch(contexts)).allreduce
-    return float(
-        params["step_overhead_s"]
-        + (w**q + m**q) ** (1.0 / q)
-        + f["kv_bytes"] / params["kv_bandwidth_bytes_per_s"]
-        + f["attention_flops"] / params["attention_flops_per_s"]
-        + shape.layers * params["layer_latency_s"]
-        + allreduce
+def spec_profile(profile: Profile) -> Profile:
+    """The profile with the specification-based rates and the formula they were made for."""
+    eff = dataclasses.replace(
+        profile.effective,
+        overlap_exponent=None,
+        layer_overhead_s=0.0,
+        sequence_overhead_s=0.0,
+        **SPEC,
     )
+    return dataclasses.replace(profile, effective=eff)
+
+
+def max_formula_profile(profile: Profile) -> Profile:
+    """The profile fitted by fit.py to the same H100 data with the plain max(w, m) formula
+    and no per-layer or per-sequence cost (the engine's formula before those terms)."""
+    sys.path.insert(0, str(HERE))
+    import fit
+
+    csv_path = fit.PROFILE_DIR / "data" / fit.MEASURED_CSV
+    points = fit.load_points(csv_path)
+    return fit.rounded(fit.fit_profile(profile, points, (), fit.load_ceilings(csv_path)))
 
 
 def rel(pred: float, meas: float) -> float:
     return pred / meas - 1.0
 
 
-def table(profile: Profile, spec: Profile, steps: Sequence[Step]) -> list[str]:
-    """Median per run and batch-size bucket: measured, predicted, deviation."""
+def table(references: Mapping[str, Profile], steps: Sequence[Step]) -> list[str]:
+    """Median per run and batch-size bucket: measured, then each profile's prediction."""
     buckets = [(1, 1), (2, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 128)]
+    head = "".join(f" {name} ms | dev. |" for name in references)
     lines = [
-        "| vLLM run | batch | steps | measured ms | calibrated ms | dev. | spec ms | dev. |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| vLLM run | batch | steps | vLLM ms |{head}",
+        "| --- | --- | --- | --- |" + " --- | --- |" * len(references),
     ]
     for run in dict.fromkeys(s.run for s in steps):
         for lo, hi in buckets:
@@ -162,17 +170,14 @@ def table(profile: Profile, spec: Profile, steps: Sequence[Step]) -> list[str]:
             if not sel:
                 continue
             meas = statistics.median(s.measured_s for s in sel)
-            cal = statistics.median(
-                step_time(profile, s.shape, s.tp, decode_batch(s.contexts)) for s in sel
-            )
-            old = statistics.median(
-                step_time(spec, s.shape, s.tp, decode_batch(s.contexts)) for s in sel
-            )
             batch = f"{lo}" if lo == hi else f"{lo}-{hi}"
-            lines.append(
-                f"| {run} | {batch} | {len(sel)} | {meas * 1e3:.2f} | {cal * 1e3:.2f} | "
-                f"{rel(cal, meas):+.1%} | {old * 1e3:.2f} | {rel(old, meas):+.1%} |"
-            )
+            cells = ""
+            for prof in references.values():
+                pred = statistics.median(
+                    step_time(prof, s.shape, s.tp, decode_batch(s.contexts)) for s in sel
+                )
+                cells += f" {pred * 1e3:.2f} | {rel(pred, meas):+.1%} |"
+            lines.append(f"| {run} | {batch} | {len(sel)} | {meas * 1e3:.2f} |{cells}")
     return lines
 
 
@@ -181,20 +186,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--profile", default="h100-80gb")
     args = ap.parse_args(argv)
     profile = load_profile(args.profile)
-    spec = profile.with_effective(**SPEC)
+    references = {
+        "calibrated": profile,
+        "max(w, m) fit": max_formula_profile(profile),
+        "spec": spec_profile(profile),
+    }
     steps = lambda_steps()
-    print("\n".join(table(profile, spec, steps)))
-    for run in dict.fromkeys(s.run for s in steps):
-        sel = [s for s in steps if s.run == run]
-        errs = [
-            rel(step_time(profile, s.shape, s.tp, decode_batch(s.contexts)), s.measured_s)
-            for s in sel
-        ]
-        print(
-            f"{run}: {len(sel)} steps, batch {min(len(s.contexts) for s in sel)}-"
-            f"{max(len(s.contexts) for s in sel)}, deviation median {statistics.median(errs):+.1%}"
-            f", range {min(errs):+.1%} to {max(errs):+.1%}"
-        )
+    print("\n".join(table(references, steps)))
+    for name, prof in list(references.items())[:2]:
+        for run in dict.fromkeys(s.run for s in steps):
+            sel = [s for s in steps if s.run == run]
+            errs = [
+                rel(step_time(prof, s.shape, s.tp, decode_batch(s.contexts)), s.measured_s)
+                for s in sel
+            ]
+            print(
+                f"{name}: {run}: {len(sel)} steps, batch {min(len(s.contexts) for s in sel)}-"
+                f"{max(len(s.contexts) for s in sel)}, deviation median "
+                f"{statistics.median(errs):+.1%}, range {min(errs):+.1%} to {max(errs):+.1%}"
+            )
     eager_ar = profile.with_effective(allreduce_latency_s=44.6e-6)
     tp4 = [s for s in steps if s.tp == 4]
     if tp4:
@@ -206,32 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"TP-4 steps with the eager NCCL latency (44.6 us) instead: "
             f"median {statistics.median(errs):+.1%}"
         )
-    sys.path.insert(0, str(HERE))
-    import fit
-
-    points = fit.load_points(fit.PROFILE_DIR / "data" / fit.MEASURED_CSV)
-    params = fit.alternative_forms(points)["smooth-max + per-layer"]["params"]
-    for run in dict.fromkeys(s.run for s in steps):
-        sel = [s for s in steps if s.run == run]
-        errs = [
-            rel(candidate_step_time(params, profile, s.shape, s.tp, s.contexts), s.measured_s)
-            for s in sel
-        ]
-        print(
-            f"{run} under the smooth-max + per-layer candidate: median "
-            f"{statistics.median(errs):+.1%}, range {min(errs):+.1%} to {max(errs):+.1%}"
-        )
     print()
-    print("| NIM table row | ITL ms | calibrated ms | dev. | spec ms | dev. |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    head = "".join(f" {name} ms | dev. |" for name in references)
+    print(f"| NIM table row | ITL ms |{head}")
+    print("| --- | --- |" + " --- | --- |" * len(references))
     for p in nim_points():
         batch = decode_batch([p.context])
-        cal = step_time(profile, p.shape, p.tp, batch)
-        old = step_time(spec, p.shape, p.tp, batch)
-        print(
-            f"| {p.label} | {p.itl_s * 1e3:.2f} | {cal * 1e3:.2f} | {rel(cal, p.itl_s):+.1%} | "
-            f"{old * 1e3:.2f} | {rel(old, p.itl_s):+.1%} |"
-        )
+        cells = ""
+        for prof in references.values():
+            pred = step_time(prof, p.shape, p.tp, batch)
+            cells += f" {pred * 1e3:.2f} | {rel(pred, p.itl_s):+.1%} |"
+        print(f"| {p.label} | {p.itl_s * 1e3:.2f} |{cells}")
     return 0
 
 

@@ -4,8 +4,11 @@ A decode step of a dense transformer is bound by reading the weights (memory
 bandwidth) until the batch is large enough to be bound by matrix multiplies
 (FLOPs); attention adds the KV-cache reads of every decoding sequence and the
 quadratic FLOPs of prefill chunks; tensor parallelism adds two all-reduces per
-layer. The profile's coefficients are *effective* rates (what vLLM reaches, not
-datasheet peaks), so a profile can be fitted to measurements.
+layer. Fixed costs come per step, per transformer layer (the latency of each
+layer's kernels, which no batch amortizes) and per sequence in the step (its
+logits, sampling and attention work item). The profile's coefficients are
+*effective* rates (what vLLM reaches, not datasheet peaks), so a profile can be
+fitted to measurements.
 
 This module is deliberately standalone (standard library and PyYAML only) so a
 calibration script can import it and fit the coefficients.
@@ -35,6 +38,8 @@ EFFECTIVE_KEYS = (
     "allreduce_latency_s",
     "allreduce_bandwidth_bytes_per_s",
 )
+# Fixed-cost keys a profile may leave out (zero); `overlap_exponent` may be left out too.
+OPTIONAL_EFFECTIVE_KEYS = ("layer_overhead_s", "sequence_overhead_s")
 
 WEIGHT_BYTES_PER_PARAM: Mapping[str, float] = {
     "none": 2.0,
@@ -60,6 +65,10 @@ class Effective:
     # (w^q + m^q)^(1/q) instead of max(w, m); near the ridge real GEMMs neither
     # fully overlap nor fully serialize. None keeps the plain maximum.
     overlap_exponent: float | None = None
+    # Optional: fixed seconds per transformer layer per step (kernel launch and
+    # ramp-up latency of the layer's kernels), and per sequence in the step.
+    layer_overhead_s: float = 0.0
+    sequence_overhead_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,10 @@ class Batch:
     def num_tokens(self) -> int:
         return len(self.decode_contexts) + sum(c.tokens for c in self.prefill_chunks)
 
+    @property
+    def num_sequences(self) -> int:
+        return len(self.decode_contexts) + len(self.prefill_chunks)
+
 
 @dataclass(frozen=True)
 class StepTerms:
@@ -158,6 +171,8 @@ class StepTerms:
     kv_read: float
     prefill_attention: float
     allreduce: float
+    layer_overhead: float = 0.0
+    sequence_overhead: float = 0.0
 
     @property
     def total(self) -> float:
@@ -167,6 +182,8 @@ class StepTerms:
             + self.kv_read
             + self.prefill_attention
             + self.allreduce
+            + self.layer_overhead
+            + self.sequence_overhead
         )
 
 
@@ -182,6 +199,8 @@ def batch_features(shape: ModelShape, tp: int, batch: Batch) -> dict[str, float]
     pairs = sum(c.tokens * c.computed + c.tokens * (c.tokens + 1) / 2 for c in batch.prefill_chunks)
     return {
         "n_tokens": float(batch.num_tokens),
+        "n_sequences": float(batch.num_sequences),
+        "layers": float(shape.layers),
         "weight_bytes": shape.weight_bytes_per_gpu(tp),
         "matmul_flops": 2.0 * shape.compute_parameters / tp * batch.num_tokens,
         "kv_bytes": kv_tokens * kv_tok,
@@ -220,6 +239,8 @@ def step_terms(profile: Profile, shape: ModelShape, tp: int, batch: Batch) -> St
         kv_read=f["kv_bytes"] / eff.kv_bandwidth_bytes_per_s,
         prefill_attention=f["attention_flops"] / eff.attention_flops_per_s,
         allreduce=allreduce,
+        layer_overhead=shape.layers * eff.layer_overhead_s,
+        sequence_overhead=f["n_sequences"] * eff.sequence_overhead_s,
     )
 
 
@@ -230,6 +251,7 @@ def step_time(profile: Profile, model_shape: ModelShape, tp: int, batch: Batch) 
           (or their smooth maximum with ``overlap_exponent``)
           + kv_bytes_read / kv_bw + prefill_attention_flops / attention_flops
           + (tp > 1) 2 * layers * (allreduce_latency + 2 (tp-1)/tp * n_tokens * hidden * 2 / ar_bw)
+          + layers * layer_overhead + sequences * sequence_overhead
     all per GPU. An empty batch costs nothing (the engine idles).
     """
     if batch.num_tokens == 0:
@@ -268,6 +290,7 @@ def profile_from_dict(name: str, data: Mapping[str, Any]) -> Profile:
     q = None if q_raw is None else _positive("overlap_exponent", q_raw)
     if q is not None and q < 1:
         raise ValueError(f"profile {name!r}: overlap_exponent must be at least 1")
+    optional = {k: _positive(k, eff_raw[k]) for k in OPTIONAL_EFFECTIVE_KEYS if k in eff_raw}
     calibration = None
     cal_raw = data.get("calibration")
     if cal_raw is not None:
@@ -286,7 +309,7 @@ def profile_from_dict(name: str, data: Mapping[str, Any]) -> Profile:
         name=name,
         gpu=str(data["gpu"]),
         memory_gib=_positive("memory_gib", data["memory_gib"]),
-        effective=Effective(**values, overlap_exponent=q),
+        effective=Effective(**values, overlap_exponent=q, **optional),
         sources=tuple(str(s) for s in sources_raw),
         calibration=calibration,
         extra={k: v for k, v in data.items() if k not in core},

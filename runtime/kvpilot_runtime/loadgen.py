@@ -612,8 +612,13 @@ async def run_load(
     *,
     out: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[list[RequestRecord], Summary]:
-    """Sends ``arrivals`` open-loop to the Ready replicas that ``source`` lists."""
+    """Sends ``arrivals`` open-loop to the Ready replicas that ``source`` lists.
+
+    ``stop`` (polled at least twice a second) ends the load early: no further
+    request is sent, and those in flight are drained as at the end of the plan.
+    """
     balancer = Balancer(config.balance)
     pool = ReplicaPool(source, balancer, config.health_timeout)
     writer = RecordWriter(out) if out is not None else None
@@ -705,9 +710,12 @@ async def run_load(
         background = [asyncio.create_task(refresher()), asyncio.create_task(reporter())]
         try:
             for i, a in enumerate(plan):
-                delay = t_start + a.time - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                stopped = stop is not None and stop()
+                while not stopped and (delay := t_start + a.time - loop.time()) > 0:
+                    await asyncio.sleep(min(delay, 0.5) if stop is not None else delay)
+                    stopped = stop is not None and stop()
+                if stopped:
+                    break
                 stats.sent += 1
                 prompt = _prompt(rng, a.prompt_tokens)
                 target = pool.choose()
@@ -753,9 +761,10 @@ def run(
     *,
     out: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[list[RequestRecord], Summary]:
     """:func:`run_load` for callers without an event loop (benchmarks, tests)."""
-    return asyncio.run(run_load(arrivals, source, config, out=out, progress=progress))
+    return asyncio.run(run_load(arrivals, source, config, out=out, progress=progress, stop=stop))
 
 
 async def _served_model(session: aiohttp.ClientSession, target: Target) -> str:

@@ -183,3 +183,55 @@ def test_overlap_exponent(q: float | None, expected: float) -> None:
 def test_overlap_exponent_is_read_from_profiles() -> None:
     doc = {**BASE_DOC, "effective": {**BASE_DOC["effective"], "overlap_exponent": 1.75}}  # type: ignore[dict-item]
     assert profile_from_dict("x", doc).effective.overlap_exponent == 1.75
+
+
+@pytest.mark.parametrize(
+    ("batch", "layer", "sequence", "expected"),
+    [
+        # Absent keys add nothing: profiles without them behave as before.
+        (Batch(decode_contexts=(10,) * 4), 0.0, 0.0, (0.0, 0.0)),
+        # 10 layers x 50 us; 4 decoding sequences x 5 us.
+        (Batch(decode_contexts=(10,) * 4), 50e-6, 5e-6, (500e-6, 20e-6)),
+        # A prefill chunk is one sequence, however many tokens it carries.
+        (
+            Batch(decode_contexts=(10, 20), prefill_chunks=(PrefillChunk(500, 100),)),
+            50e-6,
+            5e-6,
+            (500e-6, 15e-6),
+        ),
+    ],
+)
+def test_layer_and_sequence_overheads(
+    batch: Batch, layer: float, sequence: float, expected: tuple[float, float]
+) -> None:
+    eff = dataclasses.replace(EFF, layer_overhead_s=layer, sequence_overhead_s=sequence)
+    prof = Profile("o", "O", 80, eff)
+    got = step_terms(prof, SHAPE, 1, batch)
+    assert (got.layer_overhead, got.sequence_overhead) == pytest.approx(expected)
+    base = step_terms(PROFILE, SHAPE, 1, batch)
+    assert got.total == pytest.approx(base.total + sum(expected))
+
+
+def test_overheads_are_read_from_profiles() -> None:
+    doc = {
+        **BASE_DOC,
+        "effective": {
+            **BASE_DOC["effective"],  # type: ignore[dict-item]
+            "layer_overhead_s": "7e-05",
+            "sequence_overhead_s": 5e-06,
+        },
+    }
+    eff = profile_from_dict("x", doc).effective
+    assert (eff.layer_overhead_s, eff.sequence_overhead_s) == (7e-05, 5e-06)
+    plain = profile_from_dict("x", BASE_DOC).effective
+    assert (plain.overlap_exponent, plain.layer_overhead_s, plain.sequence_overhead_s) == (
+        None,
+        0.0,
+        0.0,
+    )
+
+
+def test_negative_overhead_is_refused() -> None:
+    doc = {**BASE_DOC, "effective": {**BASE_DOC["effective"], "layer_overhead_s": -1e-6}}  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="must not be negative"):
+        profile_from_dict("x", doc)

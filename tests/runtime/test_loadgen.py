@@ -426,6 +426,22 @@ def test_run_load_waits_for_a_ready_replica_then_gives_up(tmp_path: Path) -> Non
         )
 
 
+def test_run_load_stops_when_told_and_drains_what_is_in_flight(tmp_path: Path) -> None:
+    with sims(tmp_path, []) as urls:
+        arrivals = [Arrival(0.0, 16, 32), Arrival(0.1, 16, 32), Arrival(3600.0, 16, 4)]
+        told = time.monotonic() + 1.0
+        records, summary = asyncio.run(
+            run_load(
+                arrivals,
+                lambda: [Target("r", urls[0])],
+                LoadConfig(model="m"),
+                stop=lambda: time.monotonic() >= told,
+            )
+        )
+    assert [(r.index, r.error, r.output_tokens) for r in records] == [(0, None, 32), (1, None, 32)]
+    assert summary.ok == 2
+
+
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.csv"
     with sims(tmp_path, []) as urls:
