@@ -290,6 +290,26 @@ def test_no_scale_down_on_the_first_good_data_after_an_outage() -> None:
     )
 
 
+def test_values_repeated_across_a_scrape_gap_are_not_measurements() -> None:
+    """Prometheus was down until a minute ago: a range query fills the gap with the last
+    value from before it (a deep queue); only the fresh, idle samples count."""
+
+    def replica(i: int) -> ReplicaSeries:
+        samples = []
+        for k in range(13):
+            t = NOW - 180 + STEP * k
+            if t <= NOW - 60:
+                samples.append(Sample(t, 20.0, 8.0, 0.9, scraped_at=NOW - 400))
+            else:
+                samples.append(Sample(t, 0.0, 1.0, 0.05, scraped_at=t - 1))
+        return ReplicaSeries(f"pod-{i}", tuple(samples), last_scraped_at=NOW - 1)
+
+    window = MetricsWindow(NOW - 180, NOW, STEP, tuple(replica(i) for i in range(4)))
+    d = one(window, state=settled(4, rec=1))
+    assert summary(d) == (3, "kvCache", ("rateLimit",), False, False, "ValidMetrics")
+    assert d.observed is not None and d.observed.waiting_per_replica == 0
+
+
 def test_no_scale_down_right_after_a_long_pause_in_decisions() -> None:
     """The operator was down for an hour: its old windows say nothing about that hour."""
     stale_state = settled(4, rec=1, now=NOW - 3600)

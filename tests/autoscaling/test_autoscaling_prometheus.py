@@ -128,7 +128,11 @@ def two_pods(prom: FakePrometheus) -> None:
             "pod-b": canned(["0.2", "0.2", "0.2"])[1:],
         },
         "ttft": {"pod-a": canned(["NaN", "0.5", "1.5"])},
-        "last_scrape": {"pod-a": [(NOW, str(NOW - 4))], "pod-b": [(NOW, str(NOW - 9))]},
+        # When each step's value was scraped; pod-b's older ones are not known.
+        "last_scrape": {
+            "pod-a": canned([str(NOW - 34), str(NOW - 19), str(NOW - 4)]),
+            "pod-b": [(NOW, str(NOW - 9))],
+        },
     }
 
 
@@ -148,9 +152,9 @@ def test_reads_aligned_series_per_pod(prom: FakePrometheus) -> None:
             ReplicaSeries(
                 "pod-a",
                 (
-                    Sample(NOW - 30, 0, 8, 0.4, nan_first.ttft_seconds, 0.4),
-                    Sample(NOW - 15, 2, 16, 0.9, 0.5, 0.8),
-                    Sample(NOW, 5, 16, 1.0, 1.5, 0.8),
+                    Sample(NOW - 30, 0, 8, 0.4, nan_first.ttft_seconds, 0.4, NOW - 34),
+                    Sample(NOW - 15, 2, 16, 0.9, 0.5, 0.8, NOW - 19),
+                    Sample(NOW, 5, 16, 1.0, 1.5, 0.8, NOW - 4),
                 ),
                 last_scraped_at=NOW - 4,
             ),
@@ -159,7 +163,7 @@ def test_reads_aligned_series_per_pod(prom: FakePrometheus) -> None:
                 (
                     Sample(NOW - 30, 1, 4, 0.2, None, None),
                     Sample(NOW - 15, 1, 4, 0.2, None, 0.2),
-                    Sample(NOW, 1, 4, 0.2, None, 0.2),
+                    Sample(NOW, 1, 4, 0.2, None, 0.2, NOW - 9),
                 ),
                 last_scraped_at=NOW - 9,
             ),
@@ -201,10 +205,10 @@ def test_sends_the_default_promql(prom: FakePrometheus) -> None:
             },
         ),
         (
-            "/api/v1/query",
+            "/api/v1/query_range",
             {
                 "query": f"max by (pod) (timestamp(vllm:num_requests_waiting{{{sel}}}))",
-                "time": f"{NOW:.3f}",
+                **ranged,
             },
         ),
     ]

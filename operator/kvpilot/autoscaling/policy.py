@@ -600,8 +600,15 @@ def _evaluate(config: PolicyConfig, inp: PolicyInput) -> _Failure | _Evaluation:
     now = inp.now
     start = now - config.stable_window_seconds
     in_window: list[ReplicaSeries] = []
+    max_age = config.max_metric_age_seconds
     for series in metrics.replicas:
-        samples = tuple(s for s in series.samples if start <= s.timestamp <= now + _CLOCK_SLACK)
+        samples = tuple(
+            s
+            for s in series.samples
+            if start <= s.timestamp <= now + _CLOCK_SLACK
+            # A repeat of a value from before a scrape gap is not a measurement.
+            and (s.scraped_at is None or s.timestamp - s.scraped_at <= max_age)
+        )
         if samples:
             in_window.append(replace(series, samples=samples))
     if not in_window:

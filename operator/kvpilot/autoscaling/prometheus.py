@@ -47,6 +47,8 @@ class PromQLTemplates:
     Placeholders: ``$selector`` (in the signal queries) and, in ``selector`` /
     ``revision_selector``, ``$namespace``, ``$name``, ``$revision``. ``ttft``,
     ``completed`` and ``last_scrape`` are optional (None leaves them out).
+    ``last_scrape`` gives, at each step, when the value used there was scraped:
+    it tells real samples from the lookback's repeats across a scrape gap.
     """
 
     selector: str = 'namespace="$namespace",inference_service="$name"'
@@ -117,6 +119,7 @@ def _by_pod(result: Any, pod_label: str, what: str) -> _Values:
 def _join(values: Mapping[str, _Values], last_scrape: Mapping[str, float]) -> list[ReplicaSeries]:
     waiting, running, kv = values["waiting"], values["running"], values["kv_cache"]
     ttft, completed = values.get("ttft", {}), values.get("completed", {})
+    scraped = values.get("last_scrape", {})
     series = []
     for pod in sorted(set(waiting) & set(running) & set(kv)):
         stamps = sorted(set(waiting[pod]) & set(running[pod]) & set(kv[pod]))
@@ -128,6 +131,7 @@ def _join(values: Mapping[str, _Values], last_scrape: Mapping[str, float]) -> li
                 kv_cache_utilization=kv[pod][t],
                 ttft_seconds=ttft.get(pod, {}).get(t),
                 completed_per_second=completed.get(pod, {}).get(t),
+                scraped_at=scraped.get(pod, {}).get(t),
             )
             for t in stamps
         )
@@ -179,10 +183,7 @@ class PrometheusMetricsSource:
         values: dict[str, _Values] = {}
         for key, promql in queries.items():
             try:
-                if key == "last_scrape":
-                    raw = self._client.custom_query(promql, params={"time": f"{now:.3f}"})
-                else:
-                    raw = self._client.custom_query_range(promql, start, end, step)
+                raw = self._client.custom_query_range(promql, start, end, step)
                 values[key] = _by_pod(raw, self.templates.pod_label, key)
             except (
                 requests.RequestException,

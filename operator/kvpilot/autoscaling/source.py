@@ -33,6 +33,10 @@ class Sample:
     requests finish prefill, so an idle replica has none (NaN from PromQL).
     `completed_per_second` is optional: the rate of finished requests
     (vllm:request_success_total); with it the policy tells arrivals from backlog.
+    `scraped_at` is when the raw value behind this point was collected, when the
+    backend says (Prometheus: `timestamp()`); a range query fills a gap in the
+    scrapes (say, Prometheus was down) with the last value from before it, and
+    the policy drops points whose value is older than its metric age limit.
     Values are passed through unvalidated; the policy decides what is usable.
     """
 
@@ -42,6 +46,7 @@ class Sample:
     kv_cache_utilization: float
     ttft_seconds: float | None = None
     completed_per_second: float | None = None
+    scraped_at: float | None = None
 
 
 @dataclass(frozen=True)
