@@ -187,6 +187,7 @@ def run_fidelity(
     real: dict[str, dict[str, float]] = {}
     sim: dict[str, dict[str, float]] = {}
     calibrations: dict[str, dict[str, Any]] = {}
+    work_dir.mkdir(parents=True, exist_ok=True)
     for i, (name, rate) in enumerate(rates):
         profile_path = work_dir / f"cpu-insitu-{name}.yaml"
         calibrations[name] = calibrate_profile(vllm.url, model_dir, profile_path)
