@@ -296,3 +296,41 @@ def test_autoscaler_follows_load_through_restart_and_prometheus_outage(
     out = cluster.layout.logs / "autoscaling-e2e.json"
     Path(out).write_text(json.dumps(figures, indent=2))
     print(json.dumps({k: v for k, v in figures.items() if k != "timeline"}, indent=2))
+
+
+def test_kubectl_scale_is_adopted_held_then_autoscaled(
+    kube: Kube, served_namespace: str, operator: OperatorProcess
+) -> None:
+    """`kubectl scale` and the autoscaler share spec.replicas: a manual change is adopted and
+    held for manualOverrideSeconds (not undone on the next tick), then autoscaling resumes
+    from it; the idle service goes back to minReplicas after the scale-down window."""
+    ns, name = served_namespace, "manual"
+    w = Watch(kube, ns, name)
+    obj = manifest(name)
+    obj["spec"]["scaling"] = {**SCALING, "manualOverrideSeconds": 20}
+    apply(kube, ns, obj)
+    w.until(w.ready_replicas, lambda n: n == 1, 90, "one replica Ready")
+    w.until(
+        w.scaling_active,
+        lambda c: c is not None and c["status"] == "True",
+        60,
+        "ScalingActive=True while idle",
+    )
+    kube("scale", "inferenceservice", name, "-n", ns, "--replicas=3")
+    t_manual = w.mark("kubectl scale --replicas=3")
+    w.until(w.ready_replicas, lambda n: n == 3, 90, "three replicas Ready")
+    held = w.until(
+        w.scaling_active,
+        lambda c: c is not None and c["reason"] == "ManualOverride",
+        30,
+        "ScalingActive reason ManualOverride",
+    )
+    assert held["status"] == "True", held
+    remaining = 20 - (time.time() - t_manual) - 2
+    if remaining > 0:
+        w.holds(w.spec_replicas, 3, remaining, "the manual 3 replicas held")
+    t_down = w.when(w.spec_replicas, lambda n: n < 3, 90, "autoscaling resumed: scale-down")
+    assert t_down - t_manual >= 20, "the manual change was undone inside manualOverrideSeconds"
+    w.until(w.spec_replicas, lambda n: n == 1, 60, "back to minReplicas (1)")
+    downs = [e["message"].split(":")[0] for e in w.events() if e["reason"] == "ScaledDown"]
+    assert downs == ["3 -> 2", "2 -> 1"], downs
