@@ -15,7 +15,13 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from kvpilot.autoscaling.policy import PolicyConfig, PolicyInput, PolicyState, decide
-from kvpilot.autoscaling.prometheus import PrometheusMetricsSource, PromQLTemplates, render_queries
+from kvpilot.autoscaling.prometheus import (
+    PrometheusMetricsSource,
+    PromQLTemplates,
+    TemplatesError,
+    load_templates,
+    render_queries,
+)
 from kvpilot.autoscaling.source import (
     MetricsSource,
     MetricsUnavailable,
@@ -305,3 +311,65 @@ def test_feeds_the_policy(prom: FakePrometheus) -> None:
         PolicyInput(now=NOW, metrics=window, spec_replicas=2, ready_replicas=2),
     )
     assert (d.desired_replicas, d.fail_static, d.observed is not None) == (2, False, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", PromQLTemplates()),
+        ("# nothing set\n", PromQLTemplates()),
+        (
+            'selector: \'kubernetes_namespace="$namespace",app="$name"\'\n'
+            "podLabel: kubernetes_pod_name\n"
+            "waiting: sum by (kubernetes_pod_name) (vllm:num_requests_waiting{$selector})\n"
+            "ttft: null\n",
+            PromQLTemplates(
+                selector='kubernetes_namespace="$namespace",app="$name"',
+                pod_label="kubernetes_pod_name",
+                waiting="sum by (kubernetes_pod_name) (vllm:num_requests_waiting{$selector})",
+                ttft=None,
+            ),
+        ),
+        ("completed: null\nlastScrape: null\n", PromQLTemplates(completed=None, last_scrape=None)),
+    ],
+)
+def test_load_templates(text: str, expected: PromQLTemplates) -> None:
+    assert load_templates(text, "t.yaml") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- waiting\n", "t.yaml: expected a mapping of template names to PromQL"),
+        ("kv_cache: x\n", "t.yaml: unknown key 'kv_cache'; expected one of selector, "
+         "revisionSelector, waiting, running, kvCache, completed, ttft, lastScrape, podLabel"),
+        ("waiting: null\n", "t.yaml: waiting is required (only optional queries completed, "
+         "ttft, lastScrape may be null)"),
+        ("running: 3\n", "t.yaml: running must be a non-empty string"),
+        ("kvCache: avg(vllm:kv_cache_usage_perc)\n",
+         "t.yaml: kvCache must use $selector (and no other placeholder), got none"),
+        ("waiting: sum(x{$selector,ns=$namespace})\n",
+         "t.yaml: waiting must use $selector (and no other placeholder), got $namespace, "
+         "$selector"),
+        ("selector: 'ns=\"$ns\"'\n",
+         "t.yaml: selector uses $ns; only $namespace, $name and $revision are known"),
+        ("waiting: [\n", None),
+    ],
+)  # fmt: skip
+def test_load_templates_rejects(text: str, message: str | None) -> None:
+    with pytest.raises(TemplatesError) as err:
+        load_templates(text, "t.yaml")
+    if message is None:
+        assert str(err.value).startswith("t.yaml: not YAML:")
+    else:
+        assert str(err.value) == message
+
+
+def test_loaded_templates_render_for_a_service() -> None:
+    templates = load_templates(
+        'selector: \'kubernetes_namespace="$namespace",app="$name"\'\n', "t.yaml"
+    )
+    queries = render_queries(templates, ServiceRef("team-a", "llama"))
+    assert queries["waiting"] == (
+        'sum by (pod) (vllm:num_requests_waiting{kubernetes_namespace="team-a",app="llama"})'
+    )

@@ -65,6 +65,85 @@ class PromQLTemplates:
     pod_label: str = "pod"
 
 
+_TEMPLATE_KEYS = {
+    "selector": "selector",
+    "revisionSelector": "revision_selector",
+    "waiting": "waiting",
+    "running": "running",
+    "kvCache": "kv_cache",
+    "completed": "completed",
+    "ttft": "ttft",
+    "lastScrape": "last_scrape",
+    "podLabel": "pod_label",
+}
+_OPTIONAL = {"completed", "ttft", "last_scrape"}
+_SERVICE_NAMES = {"namespace", "name", "revision"}
+
+
+class TemplatesError(ValueError):
+    """A PromQL templates file that cannot be used; the message names the key."""
+
+
+def _placeholders(template: str) -> set[str]:
+    return {
+        m.group("named") or m.group("braced")
+        for m in Template.pattern.finditer(template)
+        if m.group("named") or m.group("braced")
+    }
+
+
+def load_templates(text: str, source: str = "PromQL templates") -> PromQLTemplates:
+    """PromQL templates from YAML (keys as in ``_TEMPLATE_KEYS``; others keep their default).
+
+    Checked before use, so a mistake stops the operator at start-up with the key named
+    rather than turning every decision fail-static: unknown keys, non-strings, a signal
+    query without ``$selector``, a selector with placeholders other than ``$namespace``,
+    ``$name``, ``$revision``, and ``null`` for a query the autoscaler cannot do without.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TemplatesError(f"{source}: not YAML: {exc}") from None
+    if data is None:
+        return PromQLTemplates()
+    if not isinstance(data, dict):
+        raise TemplatesError(f"{source}: expected a mapping of template names to PromQL")
+    values: dict[str, str | None] = {}
+    for key, value in data.items():
+        field_name = _TEMPLATE_KEYS.get(str(key))
+        if field_name is None:
+            raise TemplatesError(
+                f"{source}: unknown key {key!r}; expected one of {', '.join(_TEMPLATE_KEYS)}"
+            )
+        if value is None:
+            if field_name not in _OPTIONAL:
+                raise TemplatesError(
+                    f"{source}: {key} is required (only optional queries "
+                    "completed, ttft, lastScrape may be null)"
+                )
+            values[field_name] = None
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise TemplatesError(f"{source}: {key} must be a non-empty string")
+        found = _placeholders(value)
+        if field_name in {"selector", "revision_selector"}:
+            extra = found - _SERVICE_NAMES
+            if extra:
+                raise TemplatesError(
+                    f"{source}: {key} uses ${', $'.join(sorted(extra))}; "
+                    "only $namespace, $name and $revision are known"
+                )
+        elif field_name != "pod_label" and found != {"selector"}:
+            raise TemplatesError(
+                f"{source}: {key} must use $selector (and no other placeholder), got "
+                f"{', '.join('$' + f for f in sorted(found)) or 'none'}"
+            )
+        values[field_name] = value
+    return PromQLTemplates(**values)  # type: ignore[arg-type]
+
+
 def _quote(value: str) -> str:
     """Escape a value for a PromQL double-quoted string."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
