@@ -11,7 +11,7 @@ import kopf
 from urllib3.exceptions import HTTPError
 
 from kvpilot.autoscaling.metrics import AutoscalerMetrics
-from kvpilot.autoscaling.prometheus import PrometheusMetricsSource
+from kvpilot.autoscaling.prometheus import PrometheusMetricsSource, PromQLTemplates
 from kvpilot.autoscaling.source import MetricsSource
 from kvpilot.controller.autoscaler import Autoscaler
 from kvpilot.controller.kube import GROUP, PLURAL, VERSION, ApiError, Kube
@@ -35,13 +35,18 @@ def client() -> Kube:
 
 
 def configure_runtime(
-    metrics_port: int, prometheus_url: str | None = None, metrics_step: float = 15.0
+    metrics_port: int,
+    prometheus_url: str | None = None,
+    metrics_step: float = 15.0,
+    templates: PromQLTemplates | None = None,
 ) -> None:
     """Process-wide set-up done by ``kvpilot run`` before kopf starts."""
     global _autoscaler  # noqa: PLW0603 - one autoscaler per process
     source: MetricsSource | None = None
     if prometheus_url:
-        source = PrometheusMetricsSource(prometheus_url, step_seconds=metrics_step)
+        source = PrometheusMetricsSource(
+            prometheus_url, step_seconds=metrics_step, templates=templates
+        )
         log.info("Reading serving metrics prometheus=%s step=%gs", prometheus_url, metrics_step)
     else:
         log.warning("No --prometheus-url: autoscaling holds replicas (ScalingActive=False)")

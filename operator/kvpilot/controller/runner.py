@@ -50,8 +50,25 @@ def main(argv: Sequence[str]) -> int:
         default=None,
         help="seconds between autoscaling decisions",
     )
+    parser.add_argument(
+        "--promql-templates",
+        default=os.environ.get("KVPILOT_PROMQL_TEMPLATES"),
+        metavar="FILE",
+        help="YAML with the PromQL the autoscaler runs, for other label conventions "
+        "(docs/autoscaling.md); keys left out keep their defaults",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+
+    from kvpilot.autoscaling.prometheus import PromQLTemplates, TemplatesError, load_templates
+
+    templates = PromQLTemplates()
+    if args.promql_templates:
+        try:
+            with open(args.promql_templates, encoding="utf-8") as fh:
+                templates = load_templates(fh.read(), args.promql_templates)
+        except (OSError, TemplatesError) as exc:
+            parser.exit(2, f"kvpilot run: {exc}\n")
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -71,6 +88,7 @@ def main(argv: Sequence[str]) -> int:
         metrics_port=args.metrics_port,
         prometheus_url=args.prometheus_url,
         metrics_step=args.metrics_step,
+        templates=templates,
     )
     liveness = f"http://127.0.0.1:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(
