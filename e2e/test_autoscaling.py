@@ -334,3 +334,26 @@ def test_kubectl_scale_is_adopted_held_then_autoscaled(
     w.until(w.spec_replicas, lambda n: n == 1, 60, "back to minReplicas (1)")
     downs = [e["message"].split(":")[0] for e in w.events() if e["reason"] == "ScaledDown"]
     assert downs == ["3 -> 2", "2 -> 1"], downs
+
+
+def test_a_policy_that_does_not_merge_holds_with_a_reason(
+    kube: Kube, served_namespace: str, operator: OperatorProcess
+) -> None:
+    """spec.scaling passes admission (its own knobs agree) but clashes with the operator-wide
+    policy: a panic window longer than the default stable window. Replicas are held and the
+    condition says which knobs."""
+    ns, name = served_namespace, "clash"
+    w = Watch(kube, ns, name)
+    obj = manifest(name)
+    obj["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 3, "panicWindowSeconds": 200}
+    apply(kube, ns, obj)
+    cond = w.until(
+        w.scaling_active,
+        lambda c: c is not None and c["reason"] == "InvalidPolicy",
+        60,
+        "ScalingActive=False InvalidPolicy",
+    )
+    assert cond["status"] == "False"
+    assert "panicWindowSeconds (200) exceeds stableWindowSeconds (180)" in cond["message"], cond
+    assert w.spec_replicas() == 1
+    assert any(e["reason"] == "InvalidPolicy" for e in w.events() if e["type"] == "Warning")

@@ -10,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from kvpilot.api.parse import InferenceService
-from kvpilot.autoscaling.policy import Decision, PolicyConfig
+from kvpilot.autoscaling.policy import DEFAULT_POLICY, Decision, PolicyConfig
 from kvpilot.conditions import Condition, merge_conditions
 from kvpilot.planning.placement import ServicePlacement
 from kvpilot.resources.labels import selector_string
@@ -213,9 +215,30 @@ def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> boo
 # --------------------------------------------------------------------------- autoscaling
 
 
-def policy_config(isvc: InferenceService) -> PolicyConfig:
-    """The autoscaling policy of one service: spec.scaling over the operator defaults."""
-    return PolicyConfig.model_validate(isvc.spec.scaling.model_dump(by_alias=True))
+def policy_config(isvc: InferenceService, base: PolicyConfig | None = None) -> PolicyConfig:
+    """The autoscaling policy of one service: the knobs set in spec.scaling over ``base``
+    (the operator-wide policy; built-in defaults when None).
+
+    A stable window set below the base's panic window, with the panic window unset,
+    shortens the panic window to it (the panic window lies within the stable one).
+    Raises ValueError naming the knobs when the merged policy is not valid.
+    """
+    base = base or DEFAULT_POLICY
+    overrides = isvc.spec.scaling.model_dump(by_alias=True, exclude_none=True)
+    stable = overrides.get("stableWindowSeconds")
+    if (
+        stable is not None
+        and "panicWindowSeconds" not in overrides
+        and base.panic_window_seconds > stable
+    ):
+        overrides["panicWindowSeconds"] = stable
+    try:
+        return base.with_overrides(overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'scaling'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"spec.scaling over the operator-wide policy: {problems}") from None
 
 
 def autoscaler_status(decision: Decision, now: str) -> dict[str, Any]:

@@ -49,24 +49,15 @@ MINIMAL_DEFAULTED: dict[str, Any] = {
     },
     "parallelism": {"tensor": "auto"},
     "placement": {"gpuTypes": [], "priority": 0, "preemptible": False},
+    # Scaling knobs stay unset: the operator-wide policy fills them in (see
+    # tests/controller/test_policy_mapping.py).
     "scaling": {
         "minReplicas": 1,
         "maxReplicas": 1,
-        "targets": {"queueDepthPerReplica": 4.0, "kvCacheUtilization": 0.8},
-        "stableWindowSeconds": 180,
-        "panicWindowSeconds": 60,
-        "panicThreshold": 2.0,
-        "tolerance": 0.1,
-        "scaleUp": {"stabilizationWindowSeconds": 0, "maxReplicasPerStep": 4, "periodSeconds": 60},
-        "scaleDown": {
-            "stabilizationWindowSeconds": 300,
-            "maxReplicasPerStep": 1,
-            "periodSeconds": 60,
-        },
-        "scaleToZero": {"enabled": False, "idleSeconds": 600},
-        "coldStartGraceSeconds": 600,
-        "manualOverrideSeconds": 300,
-        "maxMetricAgeSeconds": 60,
+        "targets": {},
+        "scaleUp": {},
+        "scaleDown": {},
+        "scaleToZero": {},
     },
 }
 

@@ -144,13 +144,22 @@ def test_defaults_reach_nested_fields() -> None:
     spec = resolve("spec")["properties"]
     for name in ("runtime", "parallelism", "placement", "scaling"):
         assert spec[name]["default"] == {}
-    assert (
-        spec["scaling"]["properties"]["scaleDown"]["properties"]["stabilizationWindowSeconds"][
-            "default"
-        ]
-        == 300
-    )
+    assert spec["runtime"]["properties"]["port"]["default"] == 8000
     assert not any("default" in node for _, node in walk(resolve("status")))
+
+
+def test_scaling_knobs_have_no_schema_default() -> None:
+    """Unset knobs must stay unset in etcd so that the operator-wide policy applies; the
+    descriptions name the built-in defaults instead."""
+    scaling = resolve("spec.scaling")
+    with_default = sorted(
+        path for path, node in walk(scaling) if "default" in node and node.get("type") != "object"
+    )
+    assert with_default == [".maxReplicas", ".minReplicas"]
+    knobs = scaling["properties"]["scaleDown"]["properties"]
+    assert (
+        "Default (operator-wide policy): 300." in knobs["stabilizationWindowSeconds"]["description"]
+    )
 
 
 def test_list_types() -> None:

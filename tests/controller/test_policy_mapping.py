@@ -8,7 +8,12 @@ import pytest
 import yaml
 
 from kvpilot.api.parse import parse_inference_service
-from kvpilot.autoscaling.policy import DEFAULT_POLICY
+from kvpilot.autoscaling.policy import (
+    DEFAULT_POLICY,
+    PolicyConfig,
+    PolicyFileError,
+    load_policy_defaults,
+)
 from kvpilot.reconcile import policy_config
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
@@ -53,3 +58,104 @@ def test_examples_map(path: Path) -> None:
     body["metadata"].update(namespace="ns", uid="u")
     cfg = policy_config(parse_inference_service(body))
     assert cfg.max_replicas == body["spec"].get("scaling", {}).get("maxReplicas", 1)
+
+
+SITE = DEFAULT_POLICY.with_overrides(
+    {
+        "stableWindowSeconds": 300,
+        "panicWindowSeconds": 90,
+        "scaleDown": {"stabilizationWindowSeconds": 600, "periodSeconds": 120},
+        "targets": {"kvCacheUtilization": 0.7},
+    }
+)
+"""An operator-wide policy a site might run with."""
+
+
+@pytest.mark.parametrize(
+    ("scaling", "expected"),
+    [
+        ({}, SITE),
+        (
+            {"minReplicas": 1, "maxReplicas": 4, "scaleDown": {"maxReplicasPerStep": 2}},
+            SITE.with_overrides(
+                {"minReplicas": 1, "maxReplicas": 4, "scaleDown": {"maxReplicasPerStep": 2}}
+            ),
+        ),
+        (
+            {"targets": {"queueDepthPerReplica": 2}},
+            SITE.with_overrides({"targets": {"queueDepthPerReplica": 2}}),
+        ),
+        # A stable window below the site's panic window pulls the unset panic window down.
+        (
+            {"stableWindowSeconds": 30},
+            SITE.with_overrides({"stableWindowSeconds": 30, "panicWindowSeconds": 30}),
+        ),
+        (
+            {"stableWindowSeconds": 30, "panicWindowSeconds": 10},
+            SITE.with_overrides({"stableWindowSeconds": 30, "panicWindowSeconds": 10}),
+        ),
+    ],
+)
+def test_spec_overrides_the_operator_policy_knob_by_knob(
+    scaling: dict[str, object], expected: PolicyConfig
+) -> None:
+    isvc = _isvc({"model": {"source": "hf://x/y"}, "scaling": scaling})
+    assert policy_config(isvc, SITE) == expected  # type: ignore[arg-type]
+
+
+def test_a_merge_that_breaks_a_rule_names_the_knobs() -> None:
+    site = DEFAULT_POLICY.with_overrides({"stableWindowSeconds": 600, "panicWindowSeconds": 400})
+    isvc = _isvc({"model": {"source": "hf://x/y"}, "scaling": {"panicWindowSeconds": 500}})
+    # The site's 600 s stable window holds a 500 s panic window.
+    ok = policy_config(isvc, site)  # type: ignore[arg-type]
+    assert (ok.stable_window_seconds, ok.panic_window_seconds) == (600, 500)
+    bad = _isvc(
+        {"model": {"source": "hf://x/y"}, "scaling": {"stableWindowSeconds": 300,
+                                                       "panicWindowSeconds": 200}}
+    )  # fmt: skip
+    assert policy_config(bad, site).panic_window_seconds == 200  # type: ignore[arg-type]
+    clash = _isvc({"model": {"source": "hf://x/y"}, "scaling": {"panicWindowSeconds": 700}})
+    with pytest.raises(ValueError, match=r"panicWindowSeconds \(700\) exceeds "
+                       r"stableWindowSeconds \(600\)"):  # fmt: skip
+        policy_config(clash, site)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", DEFAULT_POLICY),
+        ("# built-in defaults\n", DEFAULT_POLICY),
+        (
+            "stableWindowSeconds: 300\npanicWindowSeconds: 90\n"
+            "scaleDown: {stabilizationWindowSeconds: 600, periodSeconds: 120}\n"
+            "targets: {kvCacheUtilization: 0.7}\n",
+            SITE,
+        ),
+    ],
+)
+def test_load_policy_defaults(text: str, expected: PolicyConfig) -> None:
+    assert load_policy_defaults(text, "site.yaml") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- 1\n", "site.yaml: expected a mapping of spec.scaling knobs"),
+        ("stableWindow: 30\n", "site.yaml: stableWindow: Extra inputs are not permitted"),
+        ("tolerance: 2\n", "site.yaml: tolerance: Input should be less than 1"),
+        ("scaleDown: {periodSecond: 5}\n",
+         "site.yaml: scaleDown.periodSecond: Extra inputs are not permitted"),
+        ("panicWindowSeconds: 500\n", "site.yaml: (policy): Value error, panicWindowSeconds "
+         "(500) exceeds stableWindowSeconds (180)"),
+        ("minReplicas: 2\n", "site.yaml: minReplicas belong to each service's spec.scaling, "
+         "not to the operator-wide policy"),
+        ("a: [\n", None),
+    ],
+)  # fmt: skip
+def test_load_policy_defaults_rejects(text: str, message: str | None) -> None:
+    with pytest.raises(PolicyFileError) as err:
+        load_policy_defaults(text, "site.yaml")
+    if message is None:
+        assert str(err.value).startswith("site.yaml: not YAML:")
+    else:
+        assert str(err.value) == message

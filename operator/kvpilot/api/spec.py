@@ -422,66 +422,93 @@ class PlacementSpec(KvModel):
 
 
 class ScalingTargets(KvModel):
-    """Per-replica load the autoscaler aims for."""
+    """Per-replica load the autoscaler aims for. Unset knobs take the operator-wide policy."""
 
-    queue_depth_per_replica: float = Field(
-        4.0,
+    queue_depth_per_replica: float | None = Field(
+        None,
         gt=0,
         le=10_000,
-        description="Waiting requests per replica (vllm:num_requests_waiting) to aim for.",
+        description="Waiting requests per replica (vllm:num_requests_waiting) to aim for. "
+        "Default (operator-wide policy): 4.",
     )
-    kv_cache_utilization: float = Field(
-        0.8,
+    kv_cache_utilization: float | None = Field(
+        None,
         gt=0,
         le=1,
-        description="KV cache usage (vllm:kv_cache_usage_perc, 0..1) to aim for.",
+        description="KV cache usage (vllm:kv_cache_usage_perc, 0..1) to aim for. "
+        "Default (operator-wide policy): 0.8.",
     )
     time_to_first_token_seconds: float | None = Field(
         None,
         gt=0,
         le=600,
         description="Optional p90 time-to-first-token (seconds) to aim for; adds replicas "
-        "when exceeded.",
+        "when exceeded. Default: none.",
     )
 
 
 class ScaleUpRules(KvModel):
-    """How fast replicas are added."""
+    """How fast replicas are added. Unset knobs take the operator-wide policy."""
 
-    stabilization_window_seconds: int = Field(
-        0,
+    stabilization_window_seconds: int | None = Field(
+        None,
         ge=0,
         le=3600,
-        description="Use the lowest recommendation of this window before scaling up.",
+        description="Use the lowest recommendation of this window before scaling up. "
+        "Default (operator-wide policy): 0.",
     )
     max_replicas_per_step: int | None = Field(
-        4, ge=1, le=1000, description="Most replicas added per period."
+        None,
+        ge=1,
+        le=1000,
+        description="Most replicas added per period. Default (operator-wide policy): 4.",
     )
-    period_seconds: int = Field(60, ge=1, le=1800, description="Period of maxReplicasPerStep.")
+    period_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=1800,
+        description="Period of maxReplicasPerStep. Default (operator-wide policy): 60.",
+    )
 
 
 class ScaleDownRules(KvModel):
-    """How fast replicas are removed."""
+    """How fast replicas are removed. Unset knobs take the operator-wide policy."""
 
-    stabilization_window_seconds: int = Field(
-        300,
+    stabilization_window_seconds: int | None = Field(
+        None,
         ge=0,
         le=3600,
-        description="Use the highest recommendation of this window before scaling down.",
+        description="Use the highest recommendation of this window before scaling down. "
+        "Default (operator-wide policy): 300.",
     )
     max_replicas_per_step: int | None = Field(
-        1, ge=1, le=1000, description="Most replicas removed per period."
+        None,
+        ge=1,
+        le=1000,
+        description="Most replicas removed per period. Default (operator-wide policy): 1.",
     )
-    period_seconds: int = Field(60, ge=1, le=1800, description="Period of maxReplicasPerStep.")
+    period_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=1800,
+        description="Period of maxReplicasPerStep. Default (operator-wide policy): 60.",
+    )
 
 
 class ScaleToZero(KvModel):
     """Scale to zero when idle. Waking from zero needs a request router that holds
     requests and scales up; without one, a service at zero stays there until scaled."""
 
-    enabled: bool = Field(False, description="Allow zero replicas after idleSeconds.")
-    idle_seconds: int = Field(
-        600, ge=0, le=86_400, description="No request running or waiting for this long."
+    enabled: bool | None = Field(
+        None,
+        description="Allow zero replicas after idleSeconds. Default (operator-wide policy): false.",
+    )
+    idle_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=86_400,
+        description="No request running or waiting for this long. Default (operator-wide "
+        "policy): 600.",
     )
 
 
@@ -499,60 +526,79 @@ SCALING_WINDOWS = CelRule(
 
 
 class ScalingSpec(KvModel):
-    """Autoscaling bounds, targets and damping; active when maxReplicas > minReplicas."""
+    """Autoscaling bounds, targets and damping; active when maxReplicas > minReplicas.
+
+    Knobs left unset take the operator-wide policy (``kvpilot run --scaling-defaults``),
+    whose built-in values each description names.
+    """
 
     model_config = ConfigDict(json_schema_extra=cel_rules(SCALING_BOUNDS, SCALING_WINDOWS))
 
     min_replicas: int = Field(1, ge=0, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(1, ge=1, le=1000, description="Most replicas.")
     targets: ScalingTargets = sub_object(ScalingTargets, "Per-replica load to aim for.")
-    stable_window_seconds: int = Field(
-        180, ge=10, le=3600, description="Window over which load is averaged for normal decisions."
+    stable_window_seconds: int | None = Field(
+        None,
+        ge=10,
+        le=3600,
+        description="Window over which load is averaged for normal decisions. "
+        "Default (operator-wide policy): 180.",
     )
-    panic_window_seconds: int = Field(
-        60, ge=5, le=3600, description="Short window that reacts to bursts."
+    panic_window_seconds: int | None = Field(
+        None,
+        ge=5,
+        le=3600,
+        description="Short window that reacts to bursts. Default (operator-wide policy): 60, "
+        "or stableWindowSeconds when that is shorter.",
     )
-    panic_threshold: float = Field(
-        2.0,
+    panic_threshold: float | None = Field(
+        None,
         gt=1,
         le=100,
         description="Scale on the panic window once its desired replicas exceed this multiple "
-        "of the current replicas.",
+        "of the current replicas. Default (operator-wide policy): 2.",
     )
-    tolerance: float = Field(
-        0.1, ge=0, lt=1, description="Relative deviation from target ignored as noise."
+    tolerance: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Relative deviation from target ignored as noise. Default (operator-wide "
+        "policy): 0.1.",
     )
     scale_up: ScaleUpRules = sub_object(ScaleUpRules, "Rate limits for adding replicas.")
     scale_down: ScaleDownRules = sub_object(ScaleDownRules, "Rate limits for removing replicas.")
     scale_to_zero: ScaleToZero = sub_object(
         ScaleToZero, "Whether an idle service may go to zero replicas (off by default)."
     )
-    cold_start_grace_seconds: int = Field(
-        600,
+    cold_start_grace_seconds: int | None = Field(
+        None,
         ge=0,
         le=7200,
         description="How long replicas that are still loading the model count as capacity "
-        "after the scale-up that asked for them (so the autoscaler does not pile on).",
+        "after the scale-up that asked for them (so the autoscaler does not pile on). "
+        "Default (operator-wide policy): 600.",
     )
-    manual_override_seconds: int = Field(
-        300,
+    manual_override_seconds: int | None = Field(
+        None,
         ge=0,
         le=86_400,
         description="How long a replica count set by hand (`kubectl scale`) is held before "
-        "autoscaling resumes from it.",
+        "autoscaling resumes from it. Default (operator-wide policy): 300.",
     )
-    max_metric_age_seconds: int = Field(
-        60,
+    max_metric_age_seconds: int | None = Field(
+        None,
         ge=5,
         le=3600,
         description="Metrics older than this count as missing: the autoscaler then holds "
-        "replicas (fail-static) instead of acting on stale data.",
+        "replicas (fail-static) instead of acting on stale data. Default (operator-wide "
+        "policy): 60.",
     )
 
     @model_validator(mode="after")
     def _rules(self) -> ScalingSpec:
         check(self.min_replicas <= self.max_replicas, SCALING_BOUNDS)
-        check(self.panic_window_seconds <= self.stable_window_seconds, SCALING_WINDOWS)
+        if self.panic_window_seconds is not None and self.stable_window_seconds is not None:
+            check(self.panic_window_seconds <= self.stable_window_seconds, SCALING_WINDOWS)
         return self
 
     @property

@@ -201,6 +201,42 @@ DEFAULT_POLICY = PolicyConfig()
 """The operator-wide default policy (every knob at its documented default)."""
 
 
+class PolicyFileError(ValueError):
+    """An operator-wide policy file that cannot be used; the message names the knob."""
+
+
+def load_policy_defaults(text: str, source: str = "scaling defaults") -> PolicyConfig:
+    """The operator-wide policy from YAML in spec.scaling's spelling, over DEFAULT_POLICY.
+
+    Checked at start-up so a typo stops the operator with the knob named, instead of
+    every service silently running on the built-in defaults.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyFileError(f"{source}: not YAML: {exc}") from None
+    if data is None:
+        return DEFAULT_POLICY
+    if not isinstance(data, dict):
+        raise PolicyFileError(f"{source}: expected a mapping of spec.scaling knobs")
+    bounds = sorted({"minReplicas", "maxReplicas"} & set(data))
+    if bounds:
+        raise PolicyFileError(
+            f"{source}: {', '.join(bounds)} belong to each service's spec.scaling, "
+            "not to the operator-wide policy"
+        )
+    try:
+        return DEFAULT_POLICY.with_overrides(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(policy)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise PolicyFileError(f"{source}: {problems}") from None
+
+
 # --------------------------------------------------------------------------- state
 
 

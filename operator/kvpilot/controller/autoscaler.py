@@ -15,6 +15,8 @@ from typing import Any
 from kvpilot.api.parse import InvalidObjectError, parse_inference_service
 from kvpilot.autoscaling.metrics import AutoscalerMetrics
 from kvpilot.autoscaling.policy import (
+    DEFAULT_POLICY,
+    PolicyConfig,
     PolicyInput,
     PolicyState,
     decide,
@@ -41,11 +43,13 @@ class Autoscaler:
         source: MetricsSource | None,
         metrics: AutoscalerMetrics,
         clock: Callable[[], float] = time.time,
+        base: PolicyConfig = DEFAULT_POLICY,
     ) -> None:
         self.kube = kube
         self.source = source
         self.metrics = metrics
         self.clock = clock
+        self.base = base
 
     def tick(self, namespace: str, name: str) -> Outcome:
         with lock_for(f"{namespace}/{name}"):
@@ -77,12 +81,18 @@ class Autoscaler:
             )
             self._write(ns, name, previous, {}, cond, out, int(meta.get("generation", 1)), stamp)
             return out
+        try:
+            policy = policy_config(isvc, self.base)
+        except ValueError as exc:
+            cond = Condition("ScalingActive", "False", "InvalidPolicy", f"holding replicas: {exc}")
+            self._write(ns, name, previous, {}, cond, out, int(meta.get("generation", 1)), stamp)
+            return out
         if self.source is None:
             result: Any = MetricsUnavailable(
                 "the operator has no metrics source (--prometheus-url)"
             )
         else:
-            window = query_window_seconds(policy_config(isvc))
+            window = query_window_seconds(policy)
             result = self.source.query(ServiceRef(ns, name), now=now, window_seconds=window)
         dep = self.kube.get("apps/v1", "Deployment", ns, name)
         dep_status = (dep or {}).get("status", {}) or {}
@@ -92,7 +102,7 @@ class Autoscaler:
         paused = (meta.get("annotations") or {}).get(PAUSE_ANNOTATION) == "true"
         spec_replicas = isvc.spec.desired_replicas
         decision = decide(
-            policy_config(isvc),
+            policy,
             state,
             PolicyInput(
                 now=now,

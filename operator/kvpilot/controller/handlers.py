@@ -11,6 +11,7 @@ import kopf
 from urllib3.exceptions import HTTPError
 
 from kvpilot.autoscaling.metrics import AutoscalerMetrics
+from kvpilot.autoscaling.policy import DEFAULT_POLICY, PolicyConfig
 from kvpilot.autoscaling.prometheus import PrometheusMetricsSource, PromQLTemplates
 from kvpilot.autoscaling.source import MetricsSource
 from kvpilot.controller.autoscaler import Autoscaler
@@ -39,6 +40,7 @@ def configure_runtime(
     prometheus_url: str | None = None,
     metrics_step: float = 15.0,
     templates: PromQLTemplates | None = None,
+    policy: PolicyConfig = DEFAULT_POLICY,
 ) -> None:
     """Process-wide set-up done by ``kvpilot run`` before kopf starts."""
     global _autoscaler  # noqa: PLW0603 - one autoscaler per process
@@ -50,7 +52,9 @@ def configure_runtime(
         log.info("Reading serving metrics prometheus=%s step=%gs", prometheus_url, metrics_step)
     else:
         log.warning("No --prometheus-url: autoscaling holds replicas (ScalingActive=False)")
-    _autoscaler = Autoscaler(client(), source, AutoscalerMetrics())
+    _autoscaler = Autoscaler(client(), source, AutoscalerMetrics(), base=policy)
+    if policy != DEFAULT_POLICY:
+        log.info("Operator-wide scaling policy %s", policy.model_dump(by_alias=True))
     if metrics_port:
         from prometheus_client import start_http_server
 

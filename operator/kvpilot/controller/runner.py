@@ -57,18 +57,30 @@ def main(argv: Sequence[str]) -> int:
         help="YAML with the PromQL the autoscaler runs, for other label conventions "
         "(docs/autoscaling.md); keys left out keep their defaults",
     )
+    parser.add_argument(
+        "--scaling-defaults",
+        default=os.environ.get("KVPILOT_SCALING_DEFAULTS"),
+        metavar="FILE",
+        help="YAML with the operator-wide autoscaling policy in spec.scaling's spelling; "
+        "each service's spec.scaling overrides it knob by knob",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
+    from kvpilot.autoscaling.policy import DEFAULT_POLICY, PolicyFileError, load_policy_defaults
     from kvpilot.autoscaling.prometheus import PromQLTemplates, TemplatesError, load_templates
 
     templates = PromQLTemplates()
-    if args.promql_templates:
-        try:
+    policy = DEFAULT_POLICY
+    try:
+        if args.promql_templates:
             with open(args.promql_templates, encoding="utf-8") as fh:
                 templates = load_templates(fh.read(), args.promql_templates)
-        except (OSError, TemplatesError) as exc:
-            parser.exit(2, f"kvpilot run: {exc}\n")
+        if args.scaling_defaults:
+            with open(args.scaling_defaults, encoding="utf-8") as fh:
+                policy = load_policy_defaults(fh.read(), args.scaling_defaults)
+    except (OSError, TemplatesError, PolicyFileError) as exc:
+        parser.exit(2, f"kvpilot run: {exc}\n")
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -89,6 +101,7 @@ def main(argv: Sequence[str]) -> int:
         prometheus_url=args.prometheus_url,
         metrics_step=args.metrics_step,
         templates=templates,
+        policy=policy,
     )
     liveness = f"http://127.0.0.1:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(
