@@ -504,6 +504,21 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
+QUERIED_FAMILIES = (
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    "vllm:request_success",
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:num_preemptions",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+)
+"""Families the autoscaler's PromQL and kvpilot's dashboards read: real vLLM and the
+simulator must both expose them (the contract tests check both)."""
+
 CACHE_CONFIG_INFO = "vllm:cache_config_info"
 CACHE_CONFIG_LABELS = (
     "_block_size_resolved",

@@ -16,22 +16,10 @@ from typing import Any
 import pytest
 
 from kvpilot_runtime.fidelity import RATES, TARGET, run_fidelity
-from kvpilot_runtime.metrics import signatures
+from kvpilot_runtime.metrics import QUERIED_FAMILIES, signatures
 from kvpilot_runtime.vllm_cpu import SERVED_NAME, Server, run_sim
 
 pytestmark = pytest.mark.vllm
-
-QUERIED = (
-    "vllm:num_requests_waiting",
-    "vllm:num_requests_running",
-    "vllm:kv_cache_usage_perc",
-    "vllm:time_to_first_token_seconds",
-    "vllm:inter_token_latency_seconds",
-    "vllm:e2e_request_latency_seconds",
-    "vllm:num_preemptions",
-    "vllm:prefix_cache_queries",
-    "vllm:prefix_cache_hits",
-)
 
 
 def exercise(url: str) -> str:
@@ -67,7 +55,7 @@ def sim_metrics(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> s
         return exercise(server.url)
 
 
-@pytest.mark.parametrize("name", QUERIED)
+@pytest.mark.parametrize("name", QUERIED_FAMILIES)
 def test_real_vllm_exposes_queried_metric(real_metrics: str, name: str) -> None:
     sig = signatures(real_metrics)
     assert name in sig, f"{name} missing from real vLLM's /metrics"

