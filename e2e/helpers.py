@@ -12,6 +12,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: How long to wait for what the garbage collector removes after an InferenceService is
+#: deleted. It walks the owner chain (InferenceService -> Deployment -> ReplicaSet -> Pod)
+#: one step at a time, behind whatever namespaces earlier tests left it to delete; on a
+#: shared two-core machine that has taken over a minute.
+GC_TIMEOUT = 180.0
+
 
 class WaitTimeoutError(AssertionError):
     """A condition did not hold in time; the message shows what was last observed."""

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, condition_true, wait_for
+from e2e.helpers import GC_TIMEOUT, Kube, condition_true, wait_for
 from e2e.test_podrunner import (
     apply,
     isvc_manifest,
@@ -129,7 +129,7 @@ def test_load_past_saturation_queues_on_every_replica(
     wait_for(
         lambda: (replicas_of(cluster, ns, name), target_files(cluster, ns)),
         lambda state: state == ([], []),
-        timeout=60,
+        timeout=GC_TIMEOUT,
         what="both replicas stopped and their targets removed",
     )
     assert all(process_gone(r.pid) for r in replicas)

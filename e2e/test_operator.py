@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, condition, condition_true, wait_for
+from e2e.helpers import GC_TIMEOUT, Kube, condition, condition_true, wait_for
 from e2e.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,7 +252,12 @@ def test_delete_removes_owned_objects(kube: Kube, namespace: str, cluster: Clust
         wait_for(
             lambda k=kind: kube.get(k, name, namespace),  # type: ignore[misc]
             lambda o: o is None,
-            timeout=60,
+            timeout=GC_TIMEOUT,
             what=f"{kind}/{name} to be garbage-collected",
         )
-    wait_for(lambda: pods_of(kube, namespace, name), lambda p: not p, timeout=60, what="pods to go")
+    wait_for(
+        lambda: pods_of(kube, namespace, name),
+        lambda p: not p,
+        timeout=GC_TIMEOUT,
+        what="pods to go",
+    )

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, condition, condition_true, wait_for
+from e2e.helpers import GC_TIMEOUT, Kube, condition, condition_true, wait_for
 from e2e.podrunner import (
     PodRunner,
     ReplicaInfo,
@@ -355,7 +355,7 @@ def test_replica_follows_pod_and_readiness_follows_health(
     wait_for(
         lambda: (replicas_of(cluster, ns, name), target_files(cluster, ns)),
         lambda state: state == ([], []),
-        timeout=60,
+        timeout=GC_TIMEOUT,
         what="the replica's state and target removed",
     )
     assert process_gone(restarted.pid)
@@ -429,7 +429,7 @@ def test_real_vllm_replica(kube: Kube, served_namespace: str, cluster: Cluster) 
     wait_for(
         lambda: (replicas_of(cluster, ns, name), target_files(cluster, ns)),
         lambda state: state == ([], []),
-        timeout=60,
+        timeout=GC_TIMEOUT,
         what="the vLLM replica stopped and its target removed",
     )
     assert not group_alive(info.pid) and all(process_gone(pid) for pid in group)
