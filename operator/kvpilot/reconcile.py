@@ -215,15 +215,14 @@ def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> boo
 # --------------------------------------------------------------------------- autoscaling
 
 
-def policy_config(isvc: InferenceService, base: PolicyConfig | None = None) -> PolicyConfig:
+def policy_config(isvc: InferenceService, base: PolicyConfig = DEFAULT_POLICY) -> PolicyConfig:
     """The autoscaling policy of one service: the knobs set in spec.scaling over ``base``
-    (the operator-wide policy; built-in defaults when None).
+    (the operator-wide policy, ``kvpilot run --scaling-defaults``).
 
     A stable window set below the base's panic window, with the panic window unset,
     shortens the panic window to it (the panic window lies within the stable one).
     Raises ValueError naming the knobs when the merged policy is not valid.
     """
-    base = base or DEFAULT_POLICY
     overrides = isvc.spec.scaling.model_dump(by_alias=True, exclude_none=True)
     stable = overrides.get("stableWindowSeconds")
     if (
@@ -235,10 +234,14 @@ def policy_config(isvc: InferenceService, base: PolicyConfig | None = None) -> P
     try:
         return base.with_overrides(overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'scaling'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
         raise ValueError(f"spec.scaling over the operator-wide policy: {problems}") from None
+
+
+def _problem(loc: tuple[int | str, ...], msg: str) -> str:
+    """One pydantic error as `knob: what is wrong`; a rule across knobs names them itself."""
+    msg = msg.removeprefix("Value error, ")
+    return f"{'.'.join(str(p) for p in loc)}: {msg}" if loc else msg
 
 
 def autoscaler_status(decision: Decision, now: str) -> dict[str, Any]:

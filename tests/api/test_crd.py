@@ -11,6 +11,7 @@ import pytest
 
 from kvpilot.api import crd
 from kvpilot.api.names import DType, KVCacheDType, Quantization
+from kvpilot.autoscaling.policy import DEFAULT_POLICY
 
 CRDS_DIR = Path(__file__).parents[2] / "crds"
 CRD = crd.generate_crd()
@@ -160,6 +161,29 @@ def test_scaling_knobs_have_no_schema_default() -> None:
     assert (
         "Default (operator-wide policy): 300." in knobs["stabilizationWindowSeconds"]["description"]
     )
+
+
+def _policy_default(path: str) -> str:
+    value: Any = DEFAULT_POLICY.model_dump(by_alias=True)
+    for part in path.strip(".").split("."):
+        value = value[part]
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+
+def test_scaling_descriptions_name_the_built_in_policy() -> None:
+    """`kubectl explain` names each knob's built-in default; it must be the policy's."""
+    named, expected = {}, {}
+    for path, node in walk(resolve("spec.scaling")):
+        if node.get("type") == "object" or path in {"", ".minReplicas", ".maxReplicas"}:
+            continue
+        found = re.search(r"Default(?: \(operator-wide policy\))?: (\S+?)[.,]?(?:\s|$)",
+                          node["description"])  # fmt: skip
+        named[path] = found.group(1) if found else None
+        expected[path] = _policy_default(path)
+    assert len(named) == 18  # every knob of PolicyConfig but the bounds
+    assert named == expected
 
 
 def test_list_types() -> None:

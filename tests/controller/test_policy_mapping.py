@@ -115,9 +115,12 @@ def test_a_merge_that_breaks_a_rule_names_the_knobs() -> None:
     )  # fmt: skip
     assert policy_config(bad, site).panic_window_seconds == 200  # type: ignore[arg-type]
     clash = _isvc({"model": {"source": "hf://x/y"}, "scaling": {"panicWindowSeconds": 700}})
-    with pytest.raises(ValueError, match=r"panicWindowSeconds \(700\) exceeds "
-                       r"stableWindowSeconds \(600\)"):  # fmt: skip
+    with pytest.raises(ValueError) as err:
         policy_config(clash, site)  # type: ignore[arg-type]
+    assert str(err.value) == (
+        "spec.scaling over the operator-wide policy: "
+        "panicWindowSeconds (700) exceeds stableWindowSeconds (600)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -130,6 +133,12 @@ def test_a_merge_that_breaks_a_rule_names_the_knobs() -> None:
             "scaleDown: {stabilizationWindowSeconds: 600, periodSeconds: 120}\n"
             "targets: {kvCacheUtilization: 0.7}\n",
             SITE,
+        ),
+        (
+            "scaleToZero: {enabled: true}\ntargets: {timeToFirstTokenSeconds: 2}\n",
+            DEFAULT_POLICY.with_overrides(
+                {"scaleToZero": {"enabled": True}, "targets": {"timeToFirstTokenSeconds": 2.0}}
+            ),
         ),
     ],
 )
@@ -149,6 +158,19 @@ def test_load_policy_defaults(text: str, expected: PolicyConfig) -> None:
          "(500) exceeds stableWindowSeconds (180)"),
         ("minReplicas: 2\n", "site.yaml: minReplicas belong to each service's spec.scaling, "
          "not to the operator-wide policy"),
+        ("stable_window_seconds: 300\n",
+         "site.yaml: stable_window_seconds: Extra inputs are not permitted"),
+        # YAML values the CRD would refuse but pydantic would coerce.
+        ("stableWindowSeconds: '300'\n",
+         "site.yaml: stableWindowSeconds: expected a finite number, got '300'"),
+        ("stableWindowSeconds: true\n",
+         "site.yaml: stableWindowSeconds: expected a finite number, got True"),
+        ("scaleDown: {stabilizationWindowSeconds: .inf}\n",
+         "site.yaml: scaleDown.stabilizationWindowSeconds: expected a finite number, got inf"),
+        ("scaleToZero: {enabled: 1}\n",
+         "site.yaml: scaleToZero.enabled: expected true or false, got 1"),
+        ("scaleDown: {maxReplicasPerStep: 1.5}\n", "site.yaml: scaleDown.maxReplicasPerStep: "
+         "Input should be a valid integer, got a number with a fractional part"),
         ("a: [\n", None),
     ],
 )  # fmt: skip

@@ -228,6 +228,9 @@ def load_policy_defaults(text: str, source: str = "scaling defaults") -> PolicyC
             f"{source}: {', '.join(bounds)} belong to each service's spec.scaling, "
             "not to the operator-wide policy"
         )
+    wrong = _wrong_types(PolicyConfig, data, "")
+    if wrong:
+        raise PolicyFileError(f"{source}: {'; '.join(wrong)}")
     try:
         return DEFAULT_POLICY.with_overrides(data)
     except ValidationError as exc:
@@ -235,6 +238,30 @@ def load_policy_defaults(text: str, source: str = "scaling defaults") -> PolicyC
             f"{'.'.join(str(p) for p in e['loc']) or '(policy)'}: {e['msg']}" for e in exc.errors()
         )
         raise PolicyFileError(f"{source}: {problems}") from None
+
+
+def _wrong_types(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> list[str]:
+    """Knobs whose YAML value the CRD would refuse but pydantic would coerce: `true` or
+    `"300"` for a number, a non-finite number, or anything but true/false for a switch."""
+    out: list[str] = []
+    fields = {f.alias or n: f.annotation for n, f in model.model_fields.items()}
+    for key, value in data.items():
+        kind, path = fields.get(key), f"{prefix}{key}"
+        if kind is None or value is None:
+            continue  # unknown knobs and nulls: the model's own message is clearer
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            if isinstance(value, Mapping):
+                out += _wrong_types(kind, value, f"{path}.")
+        elif kind is bool:
+            if not isinstance(value, bool):
+                out.append(f"{path}: expected true or false, got {value!r}")
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            out.append(f"{path}: expected a finite number, got {value!r}")
+    return out
 
 
 # --------------------------------------------------------------------------- state
