@@ -186,10 +186,10 @@ def ensure_go_tool(tool: str, version: str) -> Path:
     return d / tool
 
 
-def _system_which(name: str) -> Path | None:
-    """``name`` on PATH, skipping ``.dev-cluster/bin`` (its links point back here) and
+def _system_which(name: str, own_bin: Path) -> Path | None:
+    """``name`` on PATH, skipping ``own_bin`` (the cluster's links point back here) and
     resolved, so a link is never made to itself."""
-    own = (repo_root() / ".dev-cluster" / "bin").resolve()
+    own = own_bin.resolve()
     dirs = [
         d
         for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
@@ -199,9 +199,9 @@ def _system_which(name: str) -> Path | None:
     return Path(found).resolve() if found else None
 
 
-def ensure_debian_packages(binaries: dict[str, str]) -> dict[str, Path]:
+def ensure_debian_packages(binaries: dict[str, str], own_bin: Path) -> dict[str, Path]:
     """Find packaged binaries, installing their Debian packages when we are root."""
-    missing = {b: p for b, p in binaries.items() if _system_which(b) is None}
+    missing = {b: p for b, p in binaries.items() if _system_which(b, own_bin) is None}
     if missing:
         pkgs = sorted(set(missing.values()))
         if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -222,7 +222,7 @@ def ensure_debian_packages(binaries: dict[str, str]) -> dict[str, Path]:
             )
     out: dict[str, Path] = {}
     for b, pkg in binaries.items():
-        found = _system_which(b)
+        found = _system_which(b, own_bin)
         if found is None:
             raise DevClusterError(f"{b} still not found after installing {pkg}")
         out[b] = found
@@ -237,7 +237,7 @@ def ensure_binaries(layout: Layout) -> dict[str, Path]:
     tools["helm"] = ensure_go_tool("helm", HELM_VERSION)
     tools.update(
         ensure_debian_packages(
-            {"etcd": "etcd-server", "prometheus": "prometheus", "openssl": "openssl"}
+            {"etcd": "etcd-server", "prometheus": "prometheus", "openssl": "openssl"}, layout.bin
         )
     )
     layout.bin.mkdir(parents=True, exist_ok=True)

@@ -153,5 +153,10 @@ def test_default_queries_on_a_real_prometheus(prometheus_url: str) -> None:
     for s in newest.values():
         assert s.completed_per_second is not None and s.completed_per_second > 0
         assert s.ttft_seconds is not None and 0.1 < s.ttft_seconds <= 0.5
+    # Each step says when its value was scraped: within a scrape interval (1 s) or two.
+    for r in result.replicas:
+        scraped = [s for s in r.samples if s.scraped_at is not None]
+        assert scraped, r
+        assert all(0 <= s.timestamp - s.scraped_at <= 3 for s in scraped), scraped  # type: ignore[operator]
     other = source.query(ServiceRef("serving", "other"), now=time.time(), window_seconds=30)
     assert isinstance(other, MetricsWindow) and other.replicas == ()
