@@ -26,13 +26,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 dev-cluster: $(STAMP)
-	$(VENV)/bin/kvpilot dev-cluster up
+	$(PY) -m e2e.devcluster up
 
 dev-cluster-down: $(STAMP)
-	$(VENV)/bin/kvpilot dev-cluster down
+	$(PY) -m e2e.devcluster down
 
 dev-cluster-status: $(STAMP)
-	$(VENV)/bin/kvpilot dev-cluster status
+	$(PY) -m e2e.devcluster status
 
 crds: $(STAMP)
 	$(VENV)/bin/kvpilot crd

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from e2e import devcluster
 from e2e.helpers import Kube
 from e2e.operator import OperatorProcess
-from kvpilot import devcluster
 
 if TYPE_CHECKING:
     from e2e.podrunner import PodRunner

@@ -30,12 +30,12 @@ stop_runner() { stop_pid "$RUNNER_PID" "pod runner"; }
 if [ "${1:-}" = "down" ]; then
   stop_operator
   stop_runner
-  [ -f "$KVPILOT" ] && $KVPILOT dev-cluster down
+  [ -f "$KVPILOT" ] && .venv/bin/python -m e2e.devcluster down
   exit 0
 fi
 
 say "Local control plane with fake GPU nodes (first run builds Kubernetes, kwok and helm: many minutes)"
-$KVPILOT dev-cluster up
+.venv/bin/python -m e2e.devcluster up
 kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count
 
 say "Installing the InferenceService CRD"
@@ -46,7 +46,7 @@ say "Starting the operator (kvpilot run; log in $OP_LOG)"
 stop_operator
 mkdir -p "$(dirname "$OP_LOG")"
 nohup $KVPILOT run --metrics-port 18080 --health-port 18081 \
-  --prometheus-url http://127.0.0.1:19090 --autoscale-interval 5 >"$OP_LOG" 2>&1 &
+  --prometheus-url "$(.venv/bin/python -c "from e2e import devcluster; print(devcluster.prometheus_url())")" --autoscale-interval 5 >"$OP_LOG" 2>&1 &
 echo $! >"$OP_PID"
 for _ in $(seq 1 60); do
   grep -q "Initial authentication has finished" "$OP_LOG" 2>/dev/null && break

@@ -62,7 +62,7 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 from kubernetes.watch.watch import iter_resp_lines
 
-from kvpilot import devcluster
+from e2e import devcluster
 from kvpilot_runtime import launcher
 
 log = logging.getLogger("kvpilot.podrunner")

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
+from e2e import devcluster
 from e2e.conftest import Cluster
 from e2e.helpers import Kube, condition, wait_for
 from e2e.operator import OperatorProcess
 from e2e.test_podrunner import apply, isvc_manifest, prometheus
-from kvpilot import devcluster
 from kvpilot_runtime.loadgen import (
     LoadConfig,
     RequestRecord,

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from e2e import devcluster
 from e2e.conftest import Cluster
 from e2e.helpers import Kube, condition, wait_for
-from kvpilot import devcluster
 
 
 def _inventory_nodes() -> dict[str, dict[str, Any]]:

@@ -16,11 +16,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the operator against the current kubeconfig", add_help=False)
     sub.add_parser("crd", help="generate the CustomResourceDefinitions into crds/", add_help=False)
-    sub.add_parser(
-        "dev-cluster",
-        help="local control plane with fake GPU nodes (up|down|status)",
-        add_help=False,
-    )
     import importlib
 
     try:
@@ -33,10 +28,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "dev-cluster":
-        from kvpilot import devcluster
-
-        return devcluster.main(rest)
     if command == "run":
         from kvpilot.controller import runner
 

@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from kvpilot.devcluster import _system_which
+from e2e.devcluster import _system_which
 
 
 def test_a_link_in_the_own_bin_directory_is_skipped(

@@ -37,15 +37,20 @@ HELM_VERSION = "v3.22.0"
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
 #: Loopback ports; chosen away from the usual defaults so a real cluster
-#: on the same machine does not collide.
+#: on the same machine does not collide. KVPILOT_DEV_CLUSTER_PORT_OFFSET shifts
+#: them all, so that two checkouts can each run a cluster side by side.
+PORT_OFFSET = int(os.environ.get("KVPILOT_DEV_CLUSTER_PORT_OFFSET", "0"))
 PORTS = {
-    "etcd": 23790,
-    "etcd-peer": 23800,
-    "kube-apiserver": 16443,
-    "kube-controller-manager": 20257,
-    "kube-scheduler": 20259,
-    "kwok": 20247,
-    "prometheus": 19090,
+    name: port + PORT_OFFSET
+    for name, port in {
+        "etcd": 23790,
+        "etcd-peer": 23800,
+        "kube-apiserver": 16443,
+        "kube-controller-manager": 20257,
+        "kube-scheduler": 20259,
+        "kwok": 20247,
+        "prometheus": 19090,
+    }.items()
 }
 COMPONENTS = (
     "etcd",
@@ -77,7 +82,7 @@ def repo_root() -> Path:
     env = os.environ.get("KVPILOT_ROOT")
     if env:
         return Path(env).resolve()
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[2]  # e2e/devcluster/__init__.py
     if (here / "e2e" / "devcluster").is_dir():
         return here
     cwd = Path.cwd().resolve()
@@ -843,10 +848,10 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``kvpilot dev-cluster up|down|status`` (argv already parsed by the CLI)."""
+    """``python -m e2e.devcluster up|down|status`` (what ``make dev-cluster`` runs)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="kvpilot dev-cluster")
+    p = argparse.ArgumentParser(prog="python -m e2e.devcluster")
     sub = p.add_subparsers(dest="action", required=True)
     up_p = sub.add_parser("up", help="build what is missing and start the cluster")
     up_p.add_argument(
