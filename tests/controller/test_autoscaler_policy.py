@@ -24,7 +24,7 @@ CLASH = (
 
 @dataclass
 class FakeKube:
-    """The three calls the autoscaler makes, against one InferenceService in memory."""
+    """The two writes the autoscaler makes, against one InferenceService in memory."""
 
     body: dict[str, Any]
     scaled: list[int] = field(default_factory=list)
@@ -75,7 +75,10 @@ def _run(
         clock=lambda: 1_000_000.0,
         base=base,
     )
-    events = [scaler.tick("ns", "m").events for _ in range(2)]
+    events = [
+        [(e.type, e.reason, e.message) for e in scaler.tick(copy.deepcopy(kube.body), None).events]
+        for _ in range(2)
+    ]
     return kube, source, events
 
 

@@ -23,9 +23,23 @@ from kvpilot.reconcile import Observed, compute_status, serving_conditions, stat
         ({"a": 1.0}, {"a": 1}, True),
         ({"a": True}, {"a": 1}, False),
         ({"a": "1"}, {"a": 1}, False),
-        ({}, {"a": None}, False),
+        # The API server drops empty values (omitempty): absent equals empty.
+        ({}, {"a": None}, True),
+        ({"env": [{"name": "X"}]}, {"env": [{"name": "X", "value": ""}]}, True),
+        ({}, {"a": False}, True),
+        ({}, {"a": []}, True),
+        ({}, {"a": 0}, False),
         ({"a": None}, {"a": None}, True),
         ("text", {"a": 1}, False),
+        # Quantities compare by value, as the API server canonicalises them.
+        ({"limits": {"cpu": "1"}}, {"limits": {"cpu": "1000m"}}, True),
+        ({"requests": {"memory": "1Gi"}}, {"requests": {"memory": "1073741824"}}, True),
+        ({"requests": {"cpu": "1k"}}, {"requests": {"cpu": "1e3"}}, True),
+        ({"limits": {"nvidia.com/gpu": "1"}}, {"limits": {"nvidia.com/gpu": 1}}, True),
+        ({"limits": {"cpu": "2"}}, {"limits": {"cpu": "1000m"}}, False),
+        # ... but only quantities: other strings compare literally.
+        ({"image": "v1"}, {"image": "v1.0"}, False),
+        ({"labels": {"v": "1"}}, {"labels": {"v": "1.0"}}, False),
     ],
 )
 def test_contains(live: Any, desired: Any, expected: bool) -> None:

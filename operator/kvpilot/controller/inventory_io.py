@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kvpilot.controller.kube import GROUP, VERSION, Kube, load_config
+from kvpilot.api.names import API_VERSION
+from kvpilot.controller.kube import Kube, load_config
 from kvpilot.planning.inventory import Inventory, build_inventory, is_kvpilot_pod
 from kvpilot.planning.placement import RunningReplicas, running_replicas
 
@@ -33,7 +34,7 @@ def read_cluster(
     return ClusterSnapshot(
         nodes=kube.list("v1", "Node") if nodes else [],
         pods=kube.list("v1", "Pod") if nodes else [],
-        services=kube.list(f"{GROUP}/{VERSION}", "InferenceService", namespace) if services else [],
+        services=kube.list(API_VERSION, "InferenceService", namespace) if services else [],
     )
 
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+import random
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
 import kubernetes
 import urllib3
 
+from kvpilot.api.names import API_VERSION, KIND, PLURAL
+
 FIELD_MANAGER = "kvpilot"
-GROUP = "kvpilot.io"
-VERSION = "v1alpha1"
-PLURAL = "inferenceservices"
+#: Answers worth retrying in place: conflicts of optimistic writes are not among them
+#: (the caller re-reads); throttling and server errors are, honouring Retry-After.
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
 log = logging.getLogger("kvpilot.kube")
 
@@ -26,7 +30,9 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("v1", "Pod"): "pods",
     ("v1", "Node"): "nodes",
-    (f"{GROUP}/{VERSION}", "InferenceService"): PLURAL,
+    ("v1", "Event"): "events",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
+    (API_VERSION, KIND): PLURAL,
 }
 
 
@@ -50,11 +56,33 @@ def path(api_version: str, kind: str, namespace: str | None, name: str | None = 
 class ApiError(Exception):
     """A non-2xx answer from the API server."""
 
-    def __init__(self, status: int, reason: str, body: str) -> None:
+    def __init__(
+        self, status: int, reason: str, body: str, retry_after: float | None = None
+    ) -> None:
         self.status = status
         self.reason = reason
         self.body = body
+        self.retry_after = retry_after
         super().__init__(f"{status} {reason}: {body[:500]}")
+
+
+def retry_delay(
+    attempt: int, retry_after: float | None, base: float = 0.5, cap: float = 30.0
+) -> float:
+    """Seconds before retry number ``attempt`` (0-based): the server's Retry-After when it
+    gives one, else exponential backoff with jitter, both capped."""
+    if retry_after is not None:
+        return float(min(cap, max(0.0, retry_after)))
+    return float(min(cap, base * 2**attempt) * (0.5 + random.random() / 2))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 class Kube:
@@ -66,10 +94,17 @@ class Kube:
     """
 
     def __init__(
-        self, cfg: kubernetes.client.Configuration | None = None, timeout: float = 30.0
+        self,
+        cfg: kubernetes.client.Configuration | None = None,
+        timeout: float = 30.0,
+        *,
+        retries: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cfg = cfg or kubernetes.client.Configuration.get_default_copy()
         self.timeout = timeout
+        self.retries = retries
+        self.sleep = sleep
         self.pool = urllib3.PoolManager(
             num_pools=4,
             maxsize=8,
@@ -100,6 +135,34 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return self._call_once(
+                    method, url, body=body, query=query, content_type=content_type
+                )
+            except ApiError as exc:
+                if exc.status not in RETRYABLE or attempt == self.retries:
+                    raise
+                delay = retry_delay(attempt, exc.retry_after)
+                log.info(
+                    "Retrying method=%s path=%s status=%d after=%.1fs",
+                    method,
+                    url,
+                    exc.status,
+                    delay,
+                )
+                self.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _call_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         full = str(self.cfg.host).rstrip("/") + url
         if query:
             full += "?" + urlencode(query)
@@ -116,7 +179,7 @@ class Kube:
             reason = str(resp.reason or "")
             with contextlib.suppress(ValueError, AttributeError):
                 reason = str(json.loads(text).get("reason", reason))
-            raise ApiError(resp.status, reason, text)
+            raise ApiError(resp.status, reason, text, _retry_after(resp.headers.get("Retry-After")))
         return json.loads(text) if text else {}
 
     def get(
@@ -141,22 +204,25 @@ class Kube:
         result = self._call("GET", path(api_version, kind, namespace), query=query)
         return list(result.get("items", []))
 
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply under kvpilot's field manager, taking ownership of conflicts."""
+    def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply under kvpilot's field manager, taking ownership of conflicts.
+
+        Only for objects kvpilot owns (the controller checks the owner reference first).
+        ``dry_run`` validates without persisting, so a set of objects is applied all or none.
+        """
         meta = obj["metadata"]
         url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        if dry_run:
+            query.append(("dryRun", "All"))
         result: dict[str, Any] = self._call(
-            "PATCH",
-            url,
-            body=dict(obj),
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            content_type="application/apply-patch+yaml",
+            "PATCH", url, body=dict(obj), query=query, content_type="application/apply-patch+yaml"
         )
         return result
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch the InferenceService's status subresource."""
-        url = path(f"{GROUP}/{VERSION}", "InferenceService", namespace, name) + "/status"
+        url = path(API_VERSION, KIND, namespace, name) + "/status"
         result: dict[str, Any] = self._call(
             "PATCH",
             url,
@@ -167,11 +233,25 @@ class Kube:
 
     def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         """Write replicas through the InferenceService's scale subresource."""
-        url = path(f"{GROUP}/{VERSION}", "InferenceService", namespace, name) + "/scale"
+        url = path(API_VERSION, KIND, namespace, name) + "/scale"
         result: dict[str, Any] = self._call(
             "PATCH",
             url,
             body={"spec": {"replicas": replicas}},
             content_type="application/merge-patch+json",
         )
+        return result
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a new object (409 when the name is taken)."""
+        meta = obj["metadata"]
+        url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        result: dict[str, Any] = self._call("POST", url, body=dict(obj))
+        return result
+
+    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT (optimistic: the object's resourceVersion must still be current, else 409)."""
+        meta = obj["metadata"]
+        url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        result: dict[str, Any] = self._call("PUT", url, body=dict(obj))
         return result

@@ -1,8 +1,4 @@
-"""Pure parts of one reconcile: planner input from a spec, status from observations.
-
-Nothing here talks to the API server; the controller gathers observations,
-calls these functions and applies what they return.
-"""
+"""Status from observations: conditions, status.placement, status.autoscaler."""
 
 from __future__ import annotations
 
@@ -19,11 +15,6 @@ from kvpilot.planning.placement import ServicePlacement
 from kvpilot.resources.labels import selector_string
 
 GIB = 1024**3
-
-
-def service_key(namespace: str, name: str) -> str:
-    """Unique name of a service in a placement plan."""
-    return f"{namespace}/{name}"
 
 
 def placement_status(p: ServicePlacement, product: str | None = None) -> dict[str, Any] | None:

@@ -1,0 +1,461 @@
+"""The controller: watch caches in, one shared pool plan, reconciles out.
+
+Watch events (kopf handlers in handlers.py) update the `ClusterView` and queue the
+services they concern; a change that matters to placement marks the pool plan dirty.
+One loop re-plans the pool (debounced), then reconciles the queued services on a
+small thread pool. A reconcile reads only the caches, calls the pure
+`plan_reconcile`, and writes only what differs, so a settled cluster sees no writes.
+A second loop runs the autoscaler on its interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from urllib3.exceptions import HTTPError
+
+from kvpilot.api.names import API_VERSION, KIND
+from kvpilot.api.parse import InferenceService, InvalidObjectError, parse_inference_service
+from kvpilot.controller.cache import ClusterView, Key
+from kvpilot.controller.kube import ApiError, Kube
+from kvpilot.controller.metrics import OperatorMetrics
+from kvpilot.controller.settings import Settings
+from kvpilot.reconcile import (
+    CHILD_KINDS,
+    Event,
+    Observation,
+    Pool,
+    ReconcilePlan,
+    plan_pool,
+    plan_reconcile,
+)
+
+log = logging.getLogger("kvpilot.controller")
+
+CHILD_API = {"Service": "v1", "PodDisruptionBudget": "policy/v1", "Deployment": "apps/v1"}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid for r in refs)
+
+
+_locks: dict[Key, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def lock_for(key: Key) -> threading.Lock:
+    """One lock per InferenceService: reconcile and autoscaler never interleave."""
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+class EventPoster:
+    """core/v1 Events on InferenceServices, as `kubectl describe` shows them."""
+
+    def __init__(self, kube: Kube, component: str = "kvpilot", instance: str = "") -> None:
+        self.kube = kube
+        self.component = component
+        self.instance = instance
+
+    def post(self, body: Mapping[str, Any], event: Event) -> None:
+        meta = body["metadata"]
+        stamp = now_iso()
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance or self.component,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.kube.create(obj)
+        except (ApiError, HTTPError, OSError) as exc:
+            log.warning("Posting event failed reason=%s err=%s", event.reason, exc)
+
+
+class Controller:
+    """Owns the caches, the pool plan and the work queue of one operator process."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        *,
+        metrics: OperatorMetrics | None = None,
+        autoscaler: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.view = ClusterView()
+        self.metrics = metrics or OperatorMetrics()
+        self.autoscaler = autoscaler
+        self.clock = clock
+        self.events = EventPoster(kube, instance=settings.identity)
+        self.pool: Pool | None = None
+        self.synced = False
+        self._queue: set[Key] = set()
+        self._pool_dirty = True
+        self._dirty_since = 0.0
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ events (loop thread)
+
+    def upsert(self, kind: str, body: Mapping[str, Any]) -> None:
+        """A watched object was listed, added or modified."""
+        self._note(self.view.upsert(kind, body))
+
+    def delete(self, kind: str, body: Mapping[str, Any]) -> None:
+        self._note(self.view.delete(kind, body))
+
+    def mark_synced(self) -> None:
+        if not self.synced:
+            self.synced = True
+            log.info(
+                "Caches synced nodes=%d gpu_pods=%d inferenceservices=%d",
+                self.view.count("Node"), self.view.count("Pod"),
+                self.view.count("InferenceService"),
+            )  # fmt: skip
+            self._poke()
+
+    def _note(self, change: Any) -> None:
+        if change.pool_changed:
+            if not self._pool_dirty:
+                self._dirty_since = self.clock()
+            self._pool_dirty = True
+        if change.owner is not None and change.kind != "Pod":
+            self._queue.add(change.owner)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def enqueue_all(self) -> None:
+        self._queue.update(self.view.keys("InferenceService"))
+        self._poke()
+
+    # ------------------------------------------------------------------ loops
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Re-plan and reconcile until cancelled (or ``stop`` is set)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="kvpilot")
+        tasks = [asyncio.create_task(self._reconcile_loop(executor))]
+        if self.autoscaler is not None:
+            tasks.append(asyncio.create_task(self._autoscale_loop(executor)))
+        try:
+            if stop is None:
+                await asyncio.gather(*tasks)
+            else:
+                await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _reconcile_loop(self, executor: ThreadPoolExecutor) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        next_repair = self.clock() + self.settings.repair_interval
+        while True:
+            now = self.clock()
+            deadline = next_repair
+            if self._pool_dirty:
+                deadline = min(deadline, self._dirty_since + self.settings.replan_debounce)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, deadline - now))
+            self._wake.clear()
+            if not self.synced:
+                continue
+            now = self.clock()
+            if now >= next_repair:
+                next_repair = now + self.settings.repair_interval
+                self.enqueue_all()
+            if self._pool_dirty and (
+                self.pool is None or now - self._dirty_since >= self.settings.replan_debounce
+            ):
+                self._pool_dirty = False
+                try:
+                    pool = await loop.run_in_executor(executor, self.replan)
+                except Exception:
+                    log.exception("Planning the pool failed")
+                    self._pool_dirty, self._dirty_since = True, self.clock()
+                    continue
+                self._adopt(pool)
+            if self.pool is None or not self._queue:
+                continue
+            keys, self._queue = sorted(self._queue), set()
+            await asyncio.gather(
+                *(loop.run_in_executor(executor, self.reconcile_safely, k) for k in keys)
+            )
+
+    async def _autoscale_loop(self, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(1.0)
+        while True:
+            started = self.clock()
+            if self.synced:
+                keys = self.view.keys("InferenceService")
+                await asyncio.gather(
+                    *(loop.run_in_executor(executor, self.autoscale_safely, k) for k in keys)
+                )
+            spent = self.clock() - started
+            await asyncio.sleep(max(0.1, self.settings.autoscale_interval - spent))
+
+    # ------------------------------------------------------------------ planning (worker thread)
+
+    def replan(self) -> Pool:
+        """One plan of the whole pool from the caches."""
+        started = time.perf_counter()
+        services: list[InferenceService] = []
+        for body in self.view.items("InferenceService"):
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            try:
+                services.append(parse_inference_service(body))
+            except InvalidObjectError:
+                continue  # reported by its own reconcile; takes no GPUs meanwhile
+        pool = plan_pool(services, self.view.items("Node"), self.view.items("Pod"))
+        spent = time.perf_counter() - started
+        self.metrics.plan_duration.observe(spent)
+        log.debug("Planned pool services=%d seconds=%.3f", len(services), spent)
+        return pool
+
+    def _adopt(self, pool: Pool) -> None:
+        """Take a new pool plan; queue the services whose slice changed."""
+        old = self.pool
+        self.pool = pool
+        for ns, name in self.view.keys("InferenceService"):
+            before = old.slice(ns, name) if old is not None else None
+            if old is None or before != pool.slice(ns, name):
+                self._queue.add((ns, name))
+
+    # ------------------------------------------------------------------ reconcile (worker thread)
+
+    def reconcile_safely(self, key: Key) -> ReconcilePlan | None:
+        started = time.perf_counter()
+        try:
+            return self.reconcile(key)
+        except ApiError as exc:
+            reason = "conflict" if exc.status == 409 else "api_error"
+            self.metrics.reconcile_errors.labels(reason).inc()
+            log.warning(
+                "Reconcile failed inferenceservice=%s/%s status=%d err=%s",
+                *key,
+                exc.status,
+                exc.reason,
+            )
+        except (HTTPError, OSError) as exc:
+            self.metrics.reconcile_errors.labels("unreachable").inc()
+            log.warning("Reconcile failed inferenceservice=%s/%s err=%s", *key, exc)
+        except Exception:
+            self.metrics.reconcile_errors.labels("internal").inc()
+            log.exception("Reconcile failed inferenceservice=%s/%s", *key)
+        finally:
+            self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+        self._retry_later(key)
+        return None
+
+    def _retry_later(self, key: Key, delay: float = 5.0) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def requeue() -> None:
+            self._queue.add(key)
+            self._poke()
+
+        loop.call_soon_threadsafe(lambda: loop.call_later(delay, requeue))
+
+    def reconcile(self, key: Key) -> ReconcilePlan | None:
+        with lock_for(key):
+            body = self.view.get("InferenceService", *key)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                self.metrics.forget(*key)
+                return None
+            obs = self.observe(body)
+            plan = plan_reconcile(obs)
+            self.execute(body, obs, plan)
+            return plan
+
+    def observe(self, body: Mapping[str, Any]) -> Observation:
+        """Everything the pure plan needs, from the caches (one GET per missing child)."""
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+        common: dict[str, Any] = {
+            "namespace": ns,
+            "name": name,
+            "generation": int(meta.get("generation", 1)),
+            "previous": body.get("status") or {},
+            "now": now_iso(),
+        }
+        try:
+            isvc = parse_inference_service(body)
+        except InvalidObjectError as err:
+            return Observation(
+                **common, invalid=str(err), children=self._children(ns, name, uid)[0]
+            )
+        placement = self.pool.slice(ns, name) if self.pool is not None else None
+        product = None
+        if placement is not None and placement.option is not None and self.pool is not None:
+            product = self.pool.product(placement.option.gpu_type)
+        children, foreign = self._children(
+            ns, name, uid, check_missing=placement is not None and placement.option is not None
+        )
+        return Observation(
+            **common,
+            isvc=isvc,
+            placement=placement,
+            gpu_product=product,
+            children=children,
+            foreign=foreign,
+        )
+
+    def _children(
+        self, ns: str, name: str, uid: str, *, check_missing: bool = False
+    ) -> tuple[dict[str, Mapping[str, Any] | None], dict[str, str]]:
+        children: dict[str, Mapping[str, Any] | None] = {}
+        foreign: dict[str, str] = {}
+        for kind in CHILD_KINDS:
+            obj = self.view.get(kind, ns, name)
+            if obj is None and check_missing:
+                # Not ours (not in the owned-objects cache): is the name taken by someone else?
+                obj = self.kube.get(CHILD_API[kind], kind, ns, name)
+            if obj is None:
+                children[kind] = None
+            elif owned_by(obj, uid):
+                children[kind] = obj
+            else:
+                foreign[kind] = name
+                children[kind] = None
+        return children, foreign
+
+    def execute(self, body: Mapping[str, Any], obs: Observation, plan: ReconcilePlan) -> None:
+        """Apply, patch status, post Events: only what the plan says differs."""
+        ns, name = obs.namespace, obs.name
+        if plan.apply:
+            try:
+                for obj in plan.apply:  # all or nothing: validate every object first
+                    self.kube.apply(obj, dry_run=True)
+            except ApiError as exc:
+                if exc.status not in (400, 422):
+                    raise
+                refused = plan_reconcile(
+                    Observation(
+                        namespace=ns, name=name, generation=obs.generation,
+                        previous=obs.previous, now=obs.now, children=obs.children,
+                        invalid=f"the API server refused the rendered objects: {_api_message(exc)}",
+                    )
+                )  # fmt: skip
+                self.metrics.reconcile_errors.labels("invalid").inc()
+                self.execute(body, obs, refused)
+                return
+            for obj in plan.apply:
+                result = self.kube.apply(obj)
+                self.view.note_written(obj["kind"], result)
+                self.metrics.decisions.labels("apply", obj["kind"]).inc()
+                log.info(
+                    "Applied %s/%s/%s revision=%s replicas=%d",
+                    obj["kind"], ns, name, plan.revision, plan.target_replicas,
+                )  # fmt: skip
+        if plan.status is not None:
+            try:
+                result = self.kube.patch_status(ns, name, plan.status)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return
+                raise
+            self.view.note_written("InferenceService", result)
+            self.metrics.decisions.labels("status", "changed").inc()
+            gpus = 0
+            if obs.placement is not None:
+                gpus = obs.placement.gpus_used
+            self.metrics.service(ns, name, plan.status, gpus)
+        for event in plan.events:
+            self.events.post(body, event)
+            self.metrics.decisions.labels("event", event.reason).inc()
+
+    # ------------------------------------------------------------------ autoscaling
+
+    def autoscale_safely(self, key: Key) -> None:
+        if self.autoscaler is None:
+            return
+        try:
+            with lock_for(key):
+                body = self.view.get("InferenceService", *key)
+                if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                    self.autoscaler.metrics.forget(*key)
+                    return
+                dep = self.view.get("Deployment", *key)
+                uid = (body.get("metadata") or {}).get("uid", "")
+                if dep is not None and not owned_by(dep, uid):
+                    dep = None
+                outcome = self.autoscaler.tick(body, dep)
+                if outcome.status_result is not None:
+                    self.view.note_written("InferenceService", outcome.status_result)
+                if outcome.scaled:
+                    self.metrics.decisions.labels("scale", outcome.scaled).inc()
+                for event in outcome.events:
+                    self.events.post(body, event)
+                    self.metrics.decisions.labels("event", event.reason).inc()
+        except ApiError as exc:
+            self.metrics.reconcile_errors.labels("api_error").inc()
+            log.warning(
+                "Autoscaling failed inferenceservice=%s/%s status=%d err=%s",
+                *key,
+                exc.status,
+                exc.reason,
+            )
+        except (HTTPError, OSError) as exc:
+            self.metrics.reconcile_errors.labels("unreachable").inc()
+            log.warning("Autoscaling failed inferenceservice=%s/%s err=%s", *key, exc)
+        except Exception:
+            self.metrics.reconcile_errors.labels("internal").inc()
+            log.exception("Autoscaling failed inferenceservice=%s/%s", *key)
+
+
+def _api_message(exc: ApiError) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except ValueError:
+        return exc.reason
+
+
+def new_identity() -> str:
+    import os
+    import socket
+
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
