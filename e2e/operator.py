@@ -35,6 +35,8 @@ class OperatorProcess:
         autoscale_interval: float = 2.0,
         metrics_step: float = 2.0,
         metrics_port: int = 0,
+        extra_args: tuple[str, ...] = (),
+        ready_marker: str = "Initial authentication has finished",
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_file = log_file
@@ -47,6 +49,8 @@ class OperatorProcess:
         ]  # fmt: skip
         if prometheus_url:
             self.argv += ["--prometheus-url", prometheus_url]
+        self.argv += list(extra_args)
+        self.ready_marker = ready_marker
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -66,7 +70,7 @@ class OperatorProcess:
 
         wait_for(
             new_log,
-            lambda text: "Initial authentication has finished" in text or proc.poll() is not None,
+            lambda text: self.ready_marker in text or proc.poll() is not None,
             timeout=60,
             what="the operator to start",
         )
@@ -77,6 +81,13 @@ class OperatorProcess:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or the OOM killer would: no clean shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
 
     def restart(self) -> None:
         self.stop()

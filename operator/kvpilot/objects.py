@@ -82,3 +82,23 @@ def object_ref(obj: Mapping[str, Any]) -> str:
     ns = meta.get("namespace")
     name = meta.get("name", "?")
     return f"{obj.get('kind', '?')}/{ns + '/' if ns else ''}{name}"
+
+
+def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386) that turns ``old`` into ``new`` for ``new``'s keys.
+
+    Nested keys that ``old`` has and ``new`` lacks are set to null, since a merge
+    patch otherwise keeps them; top-level keys absent from ``new`` are left alone.
+    """
+    out: dict[str, Any] = {}
+    old = old or {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            nested = merge_patch(before, value)
+            for gone in before.keys() - value.keys():
+                nested[gone] = None
+            out[key] = nested
+        else:
+            out[key] = value
+    return out

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from kvpilot.conditions import Condition, merge_conditions
-from kvpilot.objects import contains, object_ref
+from kvpilot.objects import contains, merge_patch, object_ref
 from kvpilot.planning.placement import PlacementReason, ServicePlacement
 from kvpilot.reconcile import Observed, compute_status, serving_conditions, status_changed
 
@@ -253,3 +253,19 @@ def test_compute_status_whole_block_and_change_detection() -> None:
     )  # fmt: skip
     again["placement"] = status["placement"]
     assert not status_changed(status, again)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "patch"),
+    [
+        ({}, {"a": 1}, {"a": 1}),
+        ({"a": {"x": 1, "y": 2}}, {"a": {"x": 1}}, {"a": {"x": 1, "y": None}}),
+        ({"a": {"s": {"k": 1}}}, {"a": {"s": {}}}, {"a": {"s": {"k": None}}}),
+        ({"a": 1, "b": 2}, {"a": 3}, {"a": 3}),  # top-level keys not in new are kept
+        ({"a": [1, 2]}, {"a": [1]}, {"a": [1]}),  # lists are replaced whole
+    ],
+)
+def test_merge_patch_removes_nested_keys(
+    old: dict[str, Any], new: dict[str, Any], patch: dict[str, Any]
+) -> None:
+    assert merge_patch(old, new) == patch

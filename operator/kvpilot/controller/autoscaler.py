@@ -20,8 +20,10 @@ from kvpilot.autoscaling.metrics import AutoscalerMetrics
 from kvpilot.autoscaling.policy import DEFAULT_POLICY, PolicyConfig, query_window_seconds
 from kvpilot.autoscaling.source import MetricsResult, MetricsSource, MetricsUnavailable, ServiceRef
 from kvpilot.controller.kube import Kube
+from kvpilot.objects import merge_patch
 from kvpilot.reconcile import Event
 from kvpilot.reconcile.autoscale import PAUSE_ANNOTATION, TickInput, plan_tick, tick_policy
+from kvpilot.reconcile.status import changed_fields
 
 log = logging.getLogger("kvpilot.autoscaler")
 
@@ -105,6 +107,13 @@ class Autoscaler:
                 plan.decision.reason,
             )  # fmt: skip
         if plan.status is not None:
-            out.status_result = self.kube.patch_status(ns, name, plan.status)
+            previous = body.get("status") or {}
+            log.info(
+                "Patched status inferenceservice=%s/%s by=autoscaler changed=%s",
+                ns, name, ",".join(changed_fields(previous, plan.status)),
+            )  # fmt: skip
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("status before=%s after=%s", previous, plan.status)
+            out.status_result = self.kube.patch_status(ns, name, merge_patch(previous, plan.status))
         out.events.extend(plan.events)
         return out

@@ -107,6 +107,8 @@ class ClusterView:
         new = trim(body)
         with self._lock:
             old = self._objects[kind].get(key)
+            if old is not None and _newer(old, new):
+                return Change(kind, key, False, None)  # our own write is already newer
             self._objects[kind][key] = new
         return Change(kind, key, self._pool_changed(kind, old, new), _owner(kind, new))
 

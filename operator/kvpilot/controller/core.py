@@ -29,6 +29,7 @@ from kvpilot.controller.cache import ClusterView, Key
 from kvpilot.controller.kube import ApiError, Kube
 from kvpilot.controller.metrics import OperatorMetrics
 from kvpilot.controller.settings import Settings
+from kvpilot.objects import merge_patch
 from kvpilot.reconcile import (
     CHILD_KINDS,
     Event,
@@ -38,6 +39,7 @@ from kvpilot.reconcile import (
     plan_pool,
     plan_reconcile,
 )
+from kvpilot.reconcile.status import changed_fields
 
 log = logging.getLogger("kvpilot.controller")
 
@@ -390,8 +392,12 @@ class Controller:
                     obj["kind"], ns, name, plan.revision, plan.target_replicas,
                 )  # fmt: skip
         if plan.status is not None:
+            log.info(
+                "Patched status inferenceservice=%s/%s by=reconcile changed=%s",
+                ns, name, ",".join(changed_fields(obs.previous, plan.status)),
+            )  # fmt: skip
             try:
-                result = self.kube.patch_status(ns, name, plan.status)
+                result = self.kube.patch_status(ns, name, merge_patch(obs.previous, plan.status))
             except ApiError as exc:
                 if exc.status == 404:
                     return

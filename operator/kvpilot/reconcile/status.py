@@ -199,8 +199,13 @@ def compute_status(
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """True when writing ``new`` would change what ``old`` says (fields of ``new`` only)."""
+    return bool(changed_fields(old, new))
+
+
+def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """The top-level status fields that ``new`` would change, for logs."""
     old = old or {}
-    return any(old.get(k) != v for k, v in new.items())
+    return [k for k, v in new.items() if old.get(k) != v]
 
 
 # --------------------------------------------------------------------------- autoscaling
