@@ -83,7 +83,7 @@ def test_settled_operator_makes_no_writes(kube: Kube, namespace: str) -> None:
         time.sleep(10)
         return api_writes(kube) == before
 
-    wait_for(lambda: quiet(), lambda q: q, timeout=120, what="a quiet 10 s", interval=0)
+    wait_for(quiet, lambda q: q, timeout=120, what="a quiet 10 s", interval=0)
     before = api_writes(kube)
     time.sleep(90)
     diff = api_writes(kube) - before
