@@ -45,7 +45,7 @@ kubectl wait --for=condition=Established --timeout=60s crd/inferenceservices.kvp
 say "Starting the operator (kvpilot run; log in $OP_LOG)"
 stop_operator
 mkdir -p "$(dirname "$OP_LOG")"
-nohup $KVPILOT run --metrics-port 18080 --health-port 18081 \
+nohup $KVPILOT run --metrics-port 18080 --health-port 18081 --scheduler-name kvpilot-binpack \
   --prometheus-url "$(.venv/bin/python -c "from e2e import devcluster; print(devcluster.prometheus_url())")" --autoscale-interval 5 >"$OP_LOG" 2>&1 &
 echo $! >"$OP_PID"
 for _ in $(seq 1 60); do

@@ -46,6 +46,7 @@ class OperatorProcess:
             "--repair-interval", str(repair_interval),
             "--autoscale-interval", str(autoscale_interval),
             "--metrics-step", str(metrics_step),
+            "--scheduler-name", "kvpilot-binpack",
         ]  # fmt: skip
         if prometheus_url:
             self.argv += ["--prometheus-url", prometheus_url]

@@ -52,6 +52,8 @@ PORTS = {
         "prometheus": 19090,
     }.items()
 }
+#: The bin-packing kube-scheduler profile the dev cluster runs (deploy/scheduler/).
+BINPACK_SCHEDULER = "kvpilot-binpack"
 COMPONENTS = (
     "etcd",
     "kube-apiserver",
@@ -446,6 +448,13 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
     api_ssl = _client_ssl(layout)
     ready_ms = int(float(inventory.get("podReadyDelaySeconds", 3)) * 1000)
     stages = (repo_root() / "e2e" / "devcluster" / "kwok-stages.yaml").read_text()
+    sched = yaml.safe_load(
+        (repo_root() / "deploy" / "scheduler" / f"{BINPACK_SCHEDULER}.yaml").read_text()
+    )
+    sched["clientConnection"] = {"kubeconfig": kcfg}
+    sched["leaderElection"] = {"leaderElect": False}
+    scheduler_config = layout.root / "scheduler.yaml"
+    scheduler_config.write_text(yaml.safe_dump(sched))
     stages_file = layout.root / "kwok-stages.yaml"
     stages_file.write_text(stages.replace("__READY_DELAY_MS__", str(ready_ms)))
     prom_cfg = layout.prometheus_dir / "prometheus.yml"
@@ -561,13 +570,12 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
             "kube-scheduler",
             [
                 str(bins["kube-scheduler"]),
-                f"--kubeconfig={kcfg}",
+                f"--config={scheduler_config}",
                 f"--authentication-kubeconfig={kcfg}",
                 f"--authorization-kubeconfig={kcfg}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={PORTS['kube-scheduler']}",
                 f"--cert-dir={data / 'scheduler-certs'}",
-                "--leader-elect=false",
             ],
             lambda: _http_ok(f"https://127.0.0.1:{PORTS['kube-scheduler']}/healthz", _insecure()),
             timeout_s=60,

@@ -61,6 +61,13 @@ class GPUMemory(KvModel):
     )
 
 
+class NodeReplicas(KvModel):
+    """Replicas the plan puts on one node."""
+
+    name: str = Field(max_length=253, description="Node name.")
+    replicas: int = Field(ge=0, description="Replicas of this service planned on the node.")
+
+
 class PlacementStatus(KvModel):
     """Where the planner put the replicas."""
 
@@ -73,6 +80,12 @@ class PlacementStatus(KvModel):
     replicas_placed: int = Field(0, ge=0, description="Replicas that fit on free GPUs now.")
     replicas_wanted: int = Field(0, ge=0, description="Replicas desired.")
     memory: GPUMemory | None = Field(None, description="Planned memory per GPU.")
+    nodes: list[NodeReplicas] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Nodes the plan assigns the replicas to (the scheduler's bin-packing "
+        "profile puts them there).",
+    )
 
 
 class AutoscalerStatus(KvModel):

@@ -40,6 +40,7 @@ from kvpilot.reconcile import (
     plan_reconcile,
 )
 from kvpilot.reconcile.status import changed_fields
+from kvpilot.resources.labels import INFERENCE_SERVICE
 
 log = logging.getLogger("kvpilot.controller")
 
@@ -154,7 +155,7 @@ class Controller:
             if not self._pool_dirty:
                 self._dirty_since = self.clock()
             self._pool_dirty = True
-        if change.owner is not None and change.kind != "Pod":
+        if change.owner is not None:
             self._queue.add(change.owner)
         self._poke()
 
@@ -342,7 +343,18 @@ class Controller:
             gpu_product=product,
             children=children,
             foreign=foreign,
+            scheduler_name=self.settings.scheduler_name,
+            pods=tuple(self._pods_of(ns, name)),
         )
+
+    def _pods_of(self, ns: str, name: str) -> list[dict[str, Any]]:
+        """The service's pods (kvpilot pods all hold GPUs, so the GPU-pod cache has them)."""
+        return [
+            p
+            for p in self.view.items("Pod")
+            if (p.get("metadata") or {}).get("namespace") == ns
+            and ((p.get("metadata") or {}).get("labels") or {}).get(INFERENCE_SERVICE) == name
+        ]
 
     def _children(
         self, ns: str, name: str, uid: str, *, check_missing: bool = False

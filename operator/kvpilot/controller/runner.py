@@ -85,6 +85,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--workers", type=int, default=4, help="reconciles run in parallel (threads)"
     )
+    parser.add_argument(
+        "--scheduler-name",
+        default=os.environ.get("KVPILOT_SCHEDULER_NAME") or None,
+        help="schedulerName of kvpilot's pods: a bin-packing kube-scheduler profile such as "
+        "deploy/scheduler/kvpilot-binpack.yaml, or Volcano/KAI (default: the cluster's default)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -125,6 +131,7 @@ def main(argv: Sequence[str]) -> int:
         lease_name=args.leader_election_id,
         lease_namespace=args.leader_election_namespace,
         identity=new_identity(),
+        scheduler_name=args.scheduler_name,
     )
     return run(settings)
 

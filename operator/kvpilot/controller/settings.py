@@ -29,3 +29,5 @@ class Settings:
     lease_duration: float = 15.0
     lease_renew: float = 2.0
     identity: str = ""
+    #: schedulerName of kvpilot's pods (a bin-packing profile, Volcano, KAI...); None: default
+    scheduler_name: str | None = None

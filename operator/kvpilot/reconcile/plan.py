@@ -18,6 +18,7 @@ from kvpilot.objects import contains, object_ref
 from kvpilot.planning.placement import ServicePlacement
 from kvpilot.reconcile.status import (
     Observed,
+    PodFacts,
     compute_status,
     serving_conditions,
     status_changed,
@@ -61,6 +62,8 @@ class Observation:
     gpu_product: str | None = None
     children: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
     foreign: Mapping[str, str] = field(default_factory=dict)
+    scheduler_name: str | None = None
+    pods: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             gpu_product=product,
             replicas=target,
             gpus_per_replica=option.gpus_per_replica,
+            scheduler_name=obs.scheduler_name,
         )
         revision = render.revision
         for obj in desired_objects(isvc, render):
@@ -137,7 +141,7 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
     if placement is None:
         conds = [Condition("Placed", "False", "Planning", "waiting for the pool plan")]
     else:
-        conds = serving_conditions(placement, observed, target)
+        conds = serving_conditions(placement, observed, target, PodFacts.from_pods(obs.pods))
     status = compute_status(
         previous=obs.previous, generation=obs.generation, name=obs.name, placement=placement,
         observed=observed, target=target, revision=revision, conditions=conds, now=obs.now,

@@ -30,6 +30,8 @@ def placement_status(p: ServicePlacement, product: str | None = None) -> dict[st
         "replicasPlaced": p.replicas_placed,
         "replicasWanted": p.replicas_wanted,
     }
+    if p.nodes:
+        out["nodes"] = [{"name": n, "replicas": c} for n, c in p.nodes]
     if mem is not None:
         kv = mem.kv_capacity_tokens * mem.kv_bytes_per_token
         overhead = mem.activation_bytes + mem.cuda_graph_bytes + mem.runtime_overhead_bytes
@@ -77,13 +79,66 @@ class Observed:
         return None
 
 
+@dataclass(frozen=True)
+class PodFacts:
+    """What the service's pods say about scheduling (from the pod cache)."""
+
+    total: int = 0
+    bound: int = 0
+    unschedulable: int = 0
+    scheduler_message: str = ""
+    nodes: tuple[tuple[str, int], ...] = ()  # node -> pods bound there
+
+    @classmethod
+    def from_pods(cls, pods: Sequence[Mapping[str, Any]]) -> PodFacts:
+        live = [
+            p for p in pods
+            if not (p.get("metadata") or {}).get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]  # fmt: skip
+        nodes: dict[str, int] = {}
+        unschedulable, message = 0, ""
+        for p in live:
+            node = (p.get("spec") or {}).get("nodeName")
+            if node:
+                nodes[node] = nodes.get(node, 0) + 1
+                continue
+            for c in (p.get("status") or {}).get("conditions") or []:
+                if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable":
+                    unschedulable += 1
+                    message = message or str(c.get("message") or "")
+        return cls(
+            total=len(live),
+            bound=sum(nodes.values()),
+            unschedulable=unschedulable,
+            scheduler_message=message,
+            nodes=tuple(sorted(nodes.items())),
+        )
+
+
 def serving_conditions(
-    placement: ServicePlacement, observed: Observed | None, target: int
+    placement: ServicePlacement,
+    observed: Observed | None,
+    target: int,
+    pods: PodFacts | None = None,
 ) -> list[Condition]:
-    """Ready / Placed / Progressing / Degraded from the plan and the Deployment's state."""
+    """Ready / Placed / Progressing / Degraded from the plan, the Deployment and its pods.
+
+    Honest by construction: Placed only when the plan placed every wanted replica and
+    no pod waits for the scheduler; Ready never True while the service wants replicas
+    and none is ready; Degraded while pods cannot be scheduled or replicas are short.
+    """
+    pods = pods or PodFacts()
     conds: list[Condition] = []
+    unschedulable = (
+        f"{pods.unschedulable} pod(s) cannot be scheduled: {pods.scheduler_message}"
+        if pods.unschedulable
+        else ""
+    )
     if placement.option is None or placement.replicas_placed < placement.replicas_wanted:
         conds.append(Condition("Placed", "False", placement.reason, placement.message))
+    elif pods.unschedulable:
+        conds.append(Condition("Placed", "False", "Unschedulable", unschedulable))
     else:
         conds.append(Condition("Placed", "True", "Placed", placement.message))
 
@@ -107,8 +162,12 @@ def serving_conditions(
         and observed.ready_replicas >= target
         and observed.replicas == target
     )
-    if target == 0:
+    wanted = placement.replicas_wanted
+    if target == 0 and wanted == 0:
         conds.append(Condition("Ready", "True", "ScaledToZero", "no replicas requested"))
+    elif target == 0:
+        # Wanted but nothing could be placed: never Ready.
+        conds.append(Condition("Ready", "False", placement.reason, placement.message))
     elif observed.ready_replicas >= target and rolled:
         conds.append(
             Condition(
@@ -127,6 +186,8 @@ def serving_conditions(
                 f"{observed.ready_replicas}/{target} replicas ready; serving while the rest start",
             )
         )
+    elif pods.unschedulable and pods.bound == 0:
+        conds.append(Condition("Ready", "False", "Unschedulable", unschedulable))
     else:
         reason = "ModelLoading" if observed.replicas > 0 else "WaitingForReplicas"
         conds.append(Condition("Ready", "False", reason, f"0/{target} replicas ready"))
@@ -146,7 +207,9 @@ def serving_conditions(
         )
     stalled = observed.condition("Progressing")
     failure = observed.condition("ReplicaFailure")
-    if stalled is not None and stalled.get("reason") == "ProgressDeadlineExceeded":
+    if pods.unschedulable:
+        conds.append(Condition("Degraded", "True", "Unschedulable", unschedulable))
+    elif stalled is not None and stalled.get("reason") == "ProgressDeadlineExceeded":
         conds.append(
             Condition(
                 "Degraded", "True", "ProgressDeadlineExceeded", str(stalled.get("message", ""))
@@ -156,7 +219,9 @@ def serving_conditions(
         conds.append(
             Condition("Degraded", "True", "ReplicaFailure", str(failure.get("message", "")))
         )
-    elif placement.option is not None and placement.replicas_placed < placement.replicas_wanted:
+    elif (
+        placement.option is not None and placement.replicas_placed < placement.replicas_wanted
+    ) or (placement.option is None and wanted > 0):
         conds.append(Condition("Degraded", "True", placement.reason, placement.message))
     else:
         conds.append(Condition("Degraded", "False", "AsExpected", ""))

@@ -211,6 +211,7 @@ def build_deployment(isvc: InferenceService, plan: RenderPlan) -> dict[str, Any]
                     },
                 },
                 "spec": {
+                    **({"schedulerName": plan.scheduler_name} if plan.scheduler_name else {}),
                     "containers": [container],
                     "volumes": volumes,
                     "tolerations": [

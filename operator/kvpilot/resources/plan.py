@@ -17,6 +17,8 @@ class RenderPlan:
     gpu_product: str
     replicas: int
     revision: str
+    #: kube-scheduler profile (or other scheduler) for the pods; None: the cluster default.
+    scheduler_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.tensor_parallel < 1:
@@ -36,6 +38,7 @@ def render_plan(
     gpu_product: str,
     replicas: int | None = None,
     gpus_per_replica: int | None = None,
+    scheduler_name: str | None = None,
 ) -> RenderPlan:
     """A plan with the revision computed from the spec; replicas default to the spec's."""
     gpus = tensor_parallel if gpus_per_replica is None else gpus_per_replica
@@ -43,6 +46,7 @@ def render_plan(
         tensor_parallel=tensor_parallel,
         gpus_per_replica=gpus,
         gpu_product=gpu_product,
+        scheduler_name=scheduler_name,
         replicas=isvc.spec.desired_replicas if replicas is None else replicas,
         revision=compute_revision(
             isvc.spec,
