@@ -745,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server = SimServer(setup, args)
     web.run_app(
-        server.app(), host=host, port=args.port, print=None, shutdown_timeout=2.0, access_log=None
+        server.app(), host=host, port=args.port, print=None, shutdown_timeout=30.0, access_log=None
     )
     return 0
 

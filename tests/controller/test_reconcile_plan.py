@@ -224,3 +224,41 @@ def test_status_follows_what_is_observed(
     plan = plan_reconcile(observe(previous=first.status, children=children, place=place))
     for ctype, value in expect.items():
         assert cond(plan.status, ctype) == value
+
+
+def pod(node: str, *, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": f"x-{node}", "namespace": "ns"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    return {"metadata": meta, "spec": {"nodeName": node}, "status": {"phase": "Running"}}
+
+
+@pytest.mark.parametrize(
+    ("placed", "pods", "target", "degraded"),
+    [
+        # 4 wanted; node a cordoned holds 2; 4 fit elsewhere: surge to 6, then drain.
+        (4, [pod("a"), pod("a"), pod("b"), pod("b")], 6, ("False", "AsExpected")),
+        # Only 2 fit elsewhere: the 2 on the cordoned node keep serving; Degraded says why.
+        (2, [pod("a"), pod("a"), pod("b"), pod("b")], 4, ("True", "NoCapacityForReplacements")),
+        # A pod already being evicted is not counted.
+        (4, [pod("a", deleting=True), pod("a"), pod("b"), pod("b")], 5, ("False", "AsExpected")),
+    ],
+)
+def test_node_maintenance_never_lowers_replicas(
+    placed: int, pods: list[dict[str, Any]], target: int, degraded: tuple[str, str]
+) -> None:
+    place = placement(wanted=4, placed=placed)
+    first = plan_reconcile(observe(place=placement(wanted=4, placed=4)))
+    children = served(first, ready=4)
+    obs = replace(
+        observe(previous=first.status, children=children, place=place),
+        pods=tuple(pods),
+        draining_nodes=frozenset({"a"}),
+    )
+    plan = plan_reconcile(obs)
+    assert plan.target_replicas == target
+    if target != 4:
+        assert plan.apply and plan.apply[-1]["spec"]["replicas"] == target
+    assert cond(plan.status, "Progressing") == ("True", "NodeMaintenance")
+    assert cond(plan.status, "Degraded") == degraded
+    assert "NodeMaintenance" in reasons(plan)

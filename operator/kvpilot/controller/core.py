@@ -345,6 +345,7 @@ class Controller:
             foreign=foreign,
             scheduler_name=self.settings.scheduler_name,
             pods=tuple(self._pods_of(ns, name)),
+            draining_nodes=self.pool.draining if self.pool is not None else frozenset(),
         )
 
     def _pods_of(self, ns: str, name: str) -> list[dict[str, Any]]:

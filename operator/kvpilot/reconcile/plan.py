@@ -64,6 +64,7 @@ class Observation:
     foreign: Mapping[str, str] = field(default_factory=dict)
     scheduler_name: str | None = None
     pods: tuple[Mapping[str, Any], ...] = ()
+    draining_nodes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,19 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             events.append(Event("Warning", placement.reason, placement.message))
     else:
         option = placement.option
-        target = placement.replicas_placed
+        # Replicas on nodes under maintenance keep serving: the plan places replacements
+        # elsewhere and they are added on top (make before break), never subtracted.
+        draining = draining_replicas(obs)
+        target = placement.replicas_placed + draining
+        if draining and _reason(obs.previous, "Progressing") != "NodeMaintenance":
+            events.append(
+                Event(
+                    "Normal",
+                    "NodeMaintenance",
+                    f"{draining} replica(s) on cordoned or unready nodes keep serving; "
+                    f"{placement.replicas_placed} planned on schedulable nodes",
+                )
+            )
         product = obs.gpu_product or option.gpu_type
         render = render_plan(
             isvc,
@@ -142,6 +155,9 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         conds = [Condition("Placed", "False", "Planning", "waiting for the pool plan")]
     else:
         conds = serving_conditions(placement, observed, target, PodFacts.from_pods(obs.pods))
+        draining = draining_replicas(obs)
+        if draining and placement.option is not None:
+            conds = _maintenance(conds, placement, draining)
     status = compute_status(
         previous=obs.previous, generation=obs.generation, name=obs.name, placement=placement,
         observed=observed, target=target, revision=revision, conditions=conds, now=obs.now,
@@ -158,6 +174,47 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         target_replicas=target,
         revision=revision,
     )
+
+
+def draining_replicas(obs: Observation) -> int:
+    """The service's live pods on nodes that take no new replicas."""
+    return sum(
+        1
+        for p in obs.pods
+        if (p.get("spec") or {}).get("nodeName") in obs.draining_nodes
+        and not (p.get("metadata") or {}).get("deletionTimestamp")
+    )
+
+
+def _maintenance(
+    conds: list[Condition], placement: ServicePlacement, draining: int
+) -> list[Condition]:
+    """Progressing (and Degraded when replacements do not fit) while nodes drain."""
+    short = placement.replicas_wanted - placement.replicas_placed
+    out = [c for c in conds if c.type not in ("Progressing", "Degraded")]
+    out.append(
+        Condition(
+            "Progressing",
+            "True",
+            "NodeMaintenance",
+            f"{draining} replica(s) on cordoned or unready nodes; replacements start on "
+            "schedulable nodes before they go",
+        )
+    )
+    if short > 0:
+        out.append(
+            Condition(
+                "Degraded",
+                "True",
+                "NoCapacityForReplacements",
+                f"{short} replacement(s) fit nowhere else; the {draining} replica(s) on "
+                "cordoned or unready nodes keep serving until drained",
+            )
+        )
+    else:
+        degraded = next((c for c in conds if c.type == "Degraded"), None)
+        out.append(degraded or Condition("Degraded", "False", "AsExpected", ""))
+    return out
 
 
 def _refused(obs: Observation, reason: str, message: str, *, placed: bool = False) -> ReconcilePlan:

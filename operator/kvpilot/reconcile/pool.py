@@ -41,6 +41,12 @@ class Pool:
     def product(self, gpu_type: str) -> str:
         return self.products.get(gpu_type, gpu_type)
 
+    @cached_property
+    def draining(self) -> frozenset[str]:
+        """GPU nodes that take no new replicas (cordoned, NotReady, tainted): replicas still
+        running there keep serving until replacements are Ready elsewhere."""
+        return frozenset(n.name for n in self.inventory.nodes if n.excluded)
+
 
 def plan_pool(
     services: Iterable[InferenceService],
