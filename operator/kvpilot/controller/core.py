@@ -249,7 +249,12 @@ class Controller:
                 services.append(parse_inference_service(body))
             except InvalidObjectError:
                 continue  # reported by its own reconcile; takes no GPUs meanwhile
-        pool = plan_pool(services, self.view.items("Node"), self.view.items("Pod"))
+        pool = plan_pool(
+            services,
+            self.view.items("Node"),
+            self.view.items("Pod"),
+            tenants=self.settings.tenants,
+        )
         spent = time.perf_counter() - started
         self.metrics.plan_duration.observe(spent)
         log.debug("Planned pool services=%d seconds=%.3f", len(services), spent)

@@ -86,6 +86,13 @@ def main(argv: Sequence[str]) -> int:
         "--workers", type=int, default=4, help="reconciles run in parallel (threads)"
     )
     parser.add_argument(
+        "--tenant-policy",
+        default=os.environ.get("KVPILOT_TENANT_POLICY"),
+        metavar="FILE",
+        help="YAML capping each namespace's placement priority (maxPriority) and GPUs "
+        "(maxGPUs); see docs/placement.md",
+    )
+    parser.add_argument(
         "--scheduler-name",
         default=os.environ.get("KVPILOT_SCHEDULER_NAME") or None,
         help="schedulerName of kvpilot's pods: a bin-packing kube-scheduler profile such as "
@@ -96,17 +103,22 @@ def main(argv: Sequence[str]) -> int:
 
     from kvpilot.autoscaling.policy import DEFAULT_POLICY, PolicyFileError, load_policy_defaults
     from kvpilot.autoscaling.prometheus import PromQLTemplates, TemplatesError, load_templates
+    from kvpilot.reconcile.tenancy import TenantPolicy, TenantPolicyError, load_tenant_policy
 
     templates = PromQLTemplates()
     policy = DEFAULT_POLICY
+    tenants = TenantPolicy()
     try:
+        if args.tenant_policy:
+            with open(args.tenant_policy, encoding="utf-8") as fh:
+                tenants = load_tenant_policy(fh.read(), args.tenant_policy)
         if args.promql_templates:
             with open(args.promql_templates, encoding="utf-8") as fh:
                 templates = load_templates(fh.read(), args.promql_templates)
         if args.scaling_defaults:
             with open(args.scaling_defaults, encoding="utf-8") as fh:
                 policy = load_policy_defaults(fh.read(), args.scaling_defaults)
-    except (OSError, TemplatesError, PolicyFileError) as exc:
+    except (OSError, TemplatesError, PolicyFileError, TenantPolicyError) as exc:
         parser.exit(2, f"kvpilot run: {exc}\n")
 
     logging.basicConfig(
@@ -132,6 +144,7 @@ def main(argv: Sequence[str]) -> int:
         lease_namespace=args.leader_election_namespace,
         identity=new_identity(),
         scheduler_name=args.scheduler_name,
+        tenants=tenants,
     )
     return run(settings)
 

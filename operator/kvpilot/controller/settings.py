@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kvpilot.autoscaling.policy import DEFAULT_POLICY, PolicyConfig
 from kvpilot.autoscaling.prometheus import PromQLTemplates
+from kvpilot.reconcile.tenancy import TenantPolicy
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,5 @@ class Settings:
     identity: str = ""
     #: schedulerName of kvpilot's pods (a bin-packing profile, Volcano, KAI...); None: default
     scheduler_name: str | None = None
+    #: per-namespace caps on priority and GPUs (kvpilot run --tenant-policy)
+    tenants: TenantPolicy = field(default_factory=TenantPolicy)
