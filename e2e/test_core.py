@@ -167,7 +167,9 @@ def test_failover_to_the_standby_replica(
     try:
         first.start()
         second.start()
-        apply(kube, namespace, small("ha"))
+        ha = small("ha")
+        ha["spec"]["scaling"]["maxReplicas"] = 2
+        apply(kube, namespace, ha)
         wait_ready(kube, namespace, "ha", 1)
         created = kube.json(
             "get", "events", "-n", namespace, "--field-selector", "reason=CreatedDeployment"

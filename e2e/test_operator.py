@@ -197,7 +197,8 @@ def test_drift_is_repaired(kube: Kube, namespace: str) -> None:
 def test_kubectl_scale(kube: Kube, namespace: str) -> None:
     obj = example("llama-3.1-8b.yaml")
     name = obj["metadata"]["name"]
-    obj["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 1}
+    obj["spec"]["scaling"] = {"minReplicas": 3, "maxReplicas": 3}
+    obj["spec"]["replicas"] = 1  # parked below the minimum by hand, as `kubectl scale` may
     obj["spec"]["placement"]["gpuTypes"] = ["H100-80GB"]
     apply(kube, namespace, obj)
     wait_ready(kube, namespace, name, 1)
@@ -214,6 +215,11 @@ def test_kubectl_scale(kube: Kube, namespace: str) -> None:
     )
     assert scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == f"kvpilot.io/inference-service={name}"
+    # Never above maxReplicas, even with autoscaling off: the API server refuses it.
+    refused = kube.run(
+        "scale", "-n", namespace, f"inferenceservice/{name}", "--replicas=1000", check=False
+    )
+    assert refused.returncode != 0 and "maxReplicas" in refused.stderr
 
 
 def test_unsatisfiable_spec_reports_and_creates_nothing(

@@ -92,7 +92,8 @@ def test_example_values() -> None:
     ("spec", "desired", "autoscaling"),
     [
         (MINIMAL, 1, False),
-        ({**MINIMAL, "replicas": 3}, 3, False),
+        ({**MINIMAL, "replicas": 3, "scaling": {"minReplicas": 3, "maxReplicas": 3}}, 3, False),
+        ({**MINIMAL, "replicas": 0, "scaling": {"minReplicas": 3, "maxReplicas": 3}}, 0, False),
         ({**MINIMAL, "scaling": {"minReplicas": 2, "maxReplicas": 5}}, 2, True),
         ({**MINIMAL, "replicas": 4, "scaling": {"minReplicas": 2, "maxReplicas": 5}}, 4, True),
         ({**MINIMAL, "replicas": 0, "scaling": {"minReplicas": 0, "maxReplicas": 0 + 1}}, 0, True),
@@ -119,9 +120,9 @@ def test_quantities_are_kept_as_text(
 
 def test_models_build_in_code_by_field_name() -> None:
     spec = InferenceServiceSpec.model_validate(
-        {"model": {"source": "pvc://models/llama", "max_model_len": 4096}, "replicas": 2}
+        {"model": {"source": "pvc://models/llama", "max_model_len": 4096}, "replicas": 1}
     )
-    assert (spec.model.max_model_len, spec.replicas) == (4096, 2)
+    assert (spec.model.max_model_len, spec.replicas) == (4096, 1)
 
 
 def test_error_lists_every_problem_with_its_path() -> None:

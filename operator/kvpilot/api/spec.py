@@ -619,6 +619,13 @@ SPEC_REPLICAS_IN_BOUNDS = CelRule(
     message="replicas must lie within scaling.minReplicas..scaling.maxReplicas while autoscaling",
     field_path=".replicas",
 )
+SPEC_REPLICAS_AT_MOST_MAX = CelRule(
+    rule="!has(self.replicas) || !has(self.scaling) || !has(self.scaling.maxReplicas) || "
+    "self.replicas <= self.scaling.maxReplicas",
+    message="replicas cannot exceed scaling.maxReplicas (kubectl scale included); raise "
+    "scaling.maxReplicas to allow more",
+    field_path=".replicas",
+)
 SPEC_TP_HEADS = CelRule(
     rule=f"!({_TENSOR_IS_INT} && has(self.model.shape.attentionHeads)) || "
     "self.model.shape.attentionHeads % self.parallelism.tensor == 0",
@@ -638,7 +645,9 @@ class InferenceServiceSpec(KvModel):
     """Desired state of an InferenceService."""
 
     model_config = ConfigDict(
-        json_schema_extra=cel_rules(SPEC_REPLICAS_IN_BOUNDS, SPEC_TP_HEADS, SPEC_TP_KV_HEADS)
+        json_schema_extra=cel_rules(
+            SPEC_REPLICAS_IN_BOUNDS, SPEC_REPLICAS_AT_MOST_MAX, SPEC_TP_HEADS, SPEC_TP_KV_HEADS
+        )
     )
 
     replicas: int | None = Field(
@@ -659,6 +668,8 @@ class InferenceServiceSpec(KvModel):
         s = self.scaling
         if self.replicas is not None and s.autoscaling:
             check(s.min_replicas <= self.replicas <= s.max_replicas, SPEC_REPLICAS_IN_BOUNDS)
+        if self.replicas is not None:
+            check(self.replicas <= s.max_replicas, SPEC_REPLICAS_AT_MOST_MAX)
         shape, tp = self.model.shape, self.parallelism.tensor
         if shape is not None and isinstance(tp, int):
             if shape.attention_heads is not None:
