@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvpilot.planning.inventory import GPU_RESOURCE, pod_gpu_request
+from kvpilot.resources.labels import INFERENCE_SERVICE
 
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 
@@ -158,7 +159,7 @@ def _owner(kind: str, body: Mapping[str, Any]) -> Key | None:
     if kind == "InferenceService":
         return key_of(body)
     labels = meta.get("labels") or {}
-    name = labels.get("kvpilot.io/inference-service")
+    name = labels.get(INFERENCE_SERVICE)
     if name and kind != "Node":
         return (str(meta.get("namespace") or ""), str(name))
     return None
