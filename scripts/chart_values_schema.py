@@ -151,7 +151,7 @@ def schema() -> dict[str, Any]:
                 "rbac": obj(
                     {
                         "create": {"type": "boolean"},
-                        "nodeAccess": {"type": "boolean"},
+                        "clusterRead": {"type": "boolean"},
                         "aggregateToDefaultRoles": {"type": "boolean"},
                     }
                 ),

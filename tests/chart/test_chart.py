@@ -266,6 +266,8 @@ def test_rbac_grants_only_what_the_operator_uses(values: Path | None) -> None:
         ("", "pods"): {"get", "list", "watch"},
         ("", "events"): {"create", "patch"},
         ("", "nodes"): {"get", "list", "watch"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+        ("", "namespaces"): {"get", "list", "watch"},
         ("coordination.k8s.io", "leases"): {"create", "get", "update", "patch"},
     }
     for role in _operator_roles(docs):
@@ -284,6 +286,7 @@ def test_cluster_mode_uses_one_cluster_role() -> None:
     docs = manifests()
     (cr,) = _operator_roles([d for d in docs if d["kind"] == "ClusterRole"])
     assert ("", "nodes", frozenset({"get", "list", "watch"})) in _rules(cr)
+    assert "namespaces" not in {r for _, r, _ in _rules(cr)}  # kopf lists them only per namespace
     assert ("apps", "deployments") in {(g, r) for g, r, _ in _rules(cr)}
     roles = by_kind(docs, "Role")
     assert [r["metadata"]["name"] for r in roles] == ["kvpilot-leader-election"]
@@ -295,9 +298,14 @@ def test_namespaced_mode_grants_namespaced_resources_only_through_roles() -> Non
     assert roles == {
         ("team-a", "kvpilot"), ("team-b", "kvpilot"), ("kvpilot-system", "kvpilot-leader-election")
     }  # fmt: skip
-    # The only ClusterRole bound to the operator reads Nodes and nothing else.
+    # The only ClusterRole bound to the operator reads Nodes, CRDs and Namespaces.
     (cr,) = _operator_roles(by_kind(docs, "ClusterRole"))
-    assert _rules(cr) == [("", "nodes", frozenset({"get", "list", "watch"}))]
+    read = frozenset({"get", "list", "watch"})
+    assert _rules(cr) == [
+        ("", "nodes", read),
+        ("apiextensions.k8s.io", "customresourcedefinitions", read),
+        ("", "namespaces", read),
+    ]
 
 
 def test_roles_only_mode_creates_no_cluster_scoped_object() -> None:
