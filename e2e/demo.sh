@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# kvpilot demo on the local dev cluster: control plane with fake GPU nodes,
-# the operator running as `kvpilot run`, the examples applied, status shown.
+# kvpilot demo on the local dev cluster: control plane with fake GPU nodes, the Helm
+# chart installed with helm, the operator running from the checkout as the chart's
+# ServiceAccount, sample services of different sizes placed and autoscaled under load.
 #   bash e2e/demo.sh        start (idempotent)
 #   bash e2e/demo.sh down   stop the operator and the cluster
 set -euo pipefail
@@ -9,6 +10,12 @@ KVPILOT=.venv/bin/kvpilot
 export KUBECONFIG="$PWD/.dev-cluster/kubeconfig"
 export PATH="$PWD/.dev-cluster/bin:$PATH"
 NS=kvpilot-demo
+RELEASE=kvpilot
+RELEASE_NS=kvpilot-system
+SA_KUBECONFIG="$PWD/.dev-cluster/kvpilot-operator.kubeconfig"
+# Several dev clusters may run on one machine: the operator's ports follow the offset.
+METRICS_PORT=$((18080 + ${KVPILOT_DEV_CLUSTER_PORT_OFFSET:-0}))
+HEALTH_PORT=$((18081 + ${KVPILOT_DEV_CLUSTER_PORT_OFFSET:-0}))
 OP_PID=.dev-cluster/operator.pid
 OP_LOG=.dev-cluster/logs/operator.log
 RUNNER_PID=.dev-cluster/pod-runner.pid
@@ -38,15 +45,44 @@ say "Local control plane with fake GPU nodes (first run builds Kubernetes, kwok 
 .venv/bin/python -m e2e.devcluster up
 kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count
 
-say "Installing the InferenceService CRD"
-kubectl apply --server-side --force-conflicts -f crds/
-kubectl wait --for=condition=Established --timeout=60s crd/inferenceservices.kvpilot.io
+PROM_URL="$(.venv/bin/python -c "from e2e import devcluster; print(devcluster.prometheus_url())")"
+CRD=inferenceservices.kvpilot.io
+say "Installing the chart: helm upgrade --install $RELEASE charts/kvpilot -n $RELEASE_NS"
+if kubectl get crd "$CRD" >/dev/null 2>&1 &&
+   [ -z "$(kubectl get crd "$CRD" -o jsonpath='{.metadata.annotations.meta\.helm\.sh/release-name}')" ]; then
+  echo "adopting the CRD applied earlier from crds/ into the release"
+  kubectl label --overwrite crd "$CRD" app.kubernetes.io/managed-by=Helm
+  kubectl annotate --overwrite crd "$CRD" meta.helm.sh/release-name="$RELEASE" \
+    meta.helm.sh/release-namespace="$RELEASE_NS"
+fi
+# The dev cluster's nodes run no containers: the chart's Deployment keeps 0 replicas and
+# the operator runs below from this checkout, as the chart's ServiceAccount.
+helm upgrade --install "$RELEASE" charts/kvpilot -n "$RELEASE_NS" --create-namespace \
+  -f e2e/chart-values-devcluster.yaml --set operator.prometheusUrl="$PROM_URL" \
+  --set operator.autoscaleInterval=5 --set operator.schedulerName=kvpilot-binpack --wait --timeout 120s | sed -n '/^NOTES:/,$p'
+kubectl get -n "$RELEASE_NS" serviceaccount,deployment,role,rolebinding -l app.kubernetes.io/instance="$RELEASE"
+kubectl get clusterrole,clusterrolebinding -l app.kubernetes.io/instance="$RELEASE"
 
-say "Starting the operator (kvpilot run; log in $OP_LOG)"
+say "The operator's identity: a token of ServiceAccount $RELEASE_NS/$RELEASE (kubectl create token)"
+.venv/bin/python - "$SA_KUBECONFIG" "$RELEASE_NS" "$RELEASE" <<'PY'
+import sys
+from pathlib import Path
+from e2e import devcluster
+from e2e.helpers import Kube
+from e2e.operator import service_account_kubeconfig
+layout = devcluster.Layout.default()
+out = service_account_kubeconfig(Kube(layout.kubeconfig, layout.bin), sys.argv[2], sys.argv[3], Path(sys.argv[1]))
+print(f"wrote {out}")
+PY
+echo "what the chart's RBAC refuses it, for example reading Secrets:"
+kubectl --kubeconfig "$SA_KUBECONFIG" get secrets -A 2>&1 | sed 's/^/  /' || true
+
+say "Starting the operator (kvpilot run as system:serviceaccount:$RELEASE_NS:$RELEASE; log in $OP_LOG)"
 stop_operator
 mkdir -p "$(dirname "$OP_LOG")"
-nohup $KVPILOT run --metrics-port 18080 --health-port 18081 --scheduler-name kvpilot-binpack \
-  --prometheus-url "$(.venv/bin/python -c "from e2e import devcluster; print(devcluster.prometheus_url())")" --autoscale-interval 5 >"$OP_LOG" 2>&1 &
+KUBECONFIG="$SA_KUBECONFIG" POD_NAMESPACE="$RELEASE_NS" nohup $KVPILOT run \
+  --metrics-port "$METRICS_PORT" --health-port "$HEALTH_PORT" --scheduler-name kvpilot-binpack \
+  --prometheus-url "$PROM_URL" --autoscale-interval 5 >"$OP_LOG" 2>&1 &
 echo $! >"$OP_PID"
 for _ in $(seq 1 60); do
   grep -q "Initial authentication has finished" "$OP_LOG" 2>/dev/null && break
@@ -54,7 +90,7 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 # Let the dev cluster's Prometheus scrape the operator's metrics.
-printf '[{"targets": ["127.0.0.1:18080"], "labels": {"component": "kvpilot-operator"}}]\n' \
+printf '[{"targets": ["127.0.0.1:%s"], "labels": {"component": "kvpilot-operator"}}]\n' "$METRICS_PORT" \
   >.dev-cluster/prometheus/operator/operator.json
 
 say "Starting the pod runner: a simulated vLLM replica for each Running pod in $NS (log in $RUNNER_LOG)"
@@ -62,7 +98,7 @@ stop_runner
 nohup .venv/bin/python -m e2e.podrunner -n "$NS" >"$RUNNER_LOG" 2>&1 &
 echo $! >"$RUNNER_PID"
 
-say "Applying the examples to namespace $NS"
+say "Applying sample services of three sizes to namespace $NS: 70B at TP4 on H100, 8B and a 7B AWQ on L4"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -n "$NS" -f examples/
 
@@ -111,10 +147,17 @@ fi
 
 cat <<MSG
 
-The demo is running. Try:
+The demo is running: the chart is installed as release $RELEASE in $RELEASE_NS and the
+operator runs as its ServiceAccount (log: $OP_LOG). Look around:
   export KUBECONFIG=$KUBECONFIG PATH=$PWD/.dev-cluster/bin:\$PATH
-  kubectl describe infsvc -n $NS llama-3-1-70b
+  kubectl get infsvc -n $NS                        # placement: GPU type, TP, replicas
+  kubectl describe infsvc -n $NS llama-3-1-70b     # conditions, placement, Events
+  kubectl get pods -n $NS -o wide                  # which fake GPU node each replica is on
   kubectl scale infsvc -n $NS llama-3-1-8b --replicas=2
   .venv/bin/kvpilot-loadgen -n $NS -s llama-3-1-8b --trace bench/traces/azure-llm-2023-conv.csv --time-scale 1
+  curl -s localhost:$METRICS_PORT/metrics | grep '^kvpilot_'    # the operator's metrics
+  helm status $RELEASE -n $RELEASE_NS; helm get values $RELEASE -n $RELEASE_NS
+  kubectl --kubeconfig $SA_KUBECONFIG auth can-i --list   # what the chart lets the operator do
+  helm uninstall $RELEASE -n $RELEASE_NS   # keeps the CRD and the InferenceServices
 Stop everything with: make demo-down
 MSG

@@ -82,7 +82,9 @@ def apply(kube: Kube, namespace: str, obj: dict[str, Any]) -> None:
 def wait_ready(kube: Kube, ns: str, name: str, replicas: int) -> dict[str, Any]:
     obj = wait_for(
         lambda: kube.get("inferenceservice", name, ns),
-        lambda o: condition_true(o, "Ready") and (o or {})["status"].get("readyReplicas") == replicas,
+        lambda o: (
+            condition_true(o, "Ready") and (o or {})["status"].get("readyReplicas") == replicas
+        ),
         timeout=120,
         what=f"{ns}/{name} Ready with {replicas} replica(s)",
     )
@@ -151,8 +153,9 @@ def test_operator_as_the_chart_identity_creates_scales_rolls_and_deletes(
     log = cluster.layout.logs / "operator-chart-sa.log"
     log.write_text("")
     try:
-        with OperatorProcess.others_paused(), running_operator(
-            sa_kubeconfig, log, env={"POD_NAMESPACE": RELEASE_NS}
+        with (
+            OperatorProcess.others_paused(),
+            running_operator(sa_kubeconfig, log, env={"POD_NAMESPACE": RELEASE_NS}),
         ):
             obj = service("llama")
             apply(kube, ns, obj)
@@ -168,8 +171,10 @@ def test_operator_as_the_chart_identity_creates_scales_rolls_and_deletes(
             apply(kube, ns, edited)
             rolled = wait_for(
                 lambda: kube.get("inferenceservice", "llama", ns),
-                lambda o: (o or {})["status"].get("revision") != ready["status"]["revision"]
-                and condition_true(o, "Ready"),
+                lambda o: (
+                    (o or {})["status"].get("revision") != ready["status"]["revision"]
+                    and condition_true(o, "Ready")
+                ),
                 timeout=120,
                 what="the new revision Ready",
             )
@@ -234,8 +239,11 @@ def test_namespaced_mode_works_with_only_a_role(cluster: Cluster, release: str) 
         read = ["get", "list", "watch"]
         assert kube.get("clusterrole", f"{rel}-cluster-read")["rules"] == [  # type: ignore[index]
             {"apiGroups": [""], "resources": ["nodes"], "verbs": read},
-            {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-             "verbs": read},
+            {
+                "apiGroups": ["apiextensions.k8s.io"],
+                "resources": ["customresourcedefinitions"],
+                "verbs": read,
+            },
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": read},
         ]
         kubeconfig = service_account_kubeconfig(kube, rel_ns, rel, log.with_suffix(".kubeconfig"))
@@ -244,8 +252,9 @@ def test_namespaced_mode_works_with_only_a_role(cluster: Cluster, release: str) 
         assert "is forbidden" in refused.stderr
         refused = as_sa(cluster, kubeconfig, "get", "infsvc", "-A")
         assert "is forbidden" in refused.stderr
-        with OperatorProcess.others_paused(), running_operator(
-            kubeconfig, log, namespaces=[served], env={"POD_NAMESPACE": rel_ns}
+        with (
+            OperatorProcess.others_paused(),
+            running_operator(kubeconfig, log, namespaces=[served], env={"POD_NAMESPACE": rel_ns}),
         ):
             apply(kube, served, service("small", gpu="L4-24GB"))
             wait_ready(kube, served, "small", 1)
@@ -269,7 +278,6 @@ def test_operator_metrics_cover_the_alerts_and_dashboard(
     """Every kvpilot_* name the PrometheusRule and dashboard read is a family of the real
     operator's /metrics (vLLM's names: tests/chart/test_chart.py, against real vLLM)."""
     from prometheus_client.parser import text_string_to_metric_families
-
     from tests.chart.chart_helpers import chart_promql, family_of, metric_names
 
     kube = cluster.kube
@@ -315,7 +323,9 @@ def test_helm_upgrade_upgrades_the_crd(cluster: Cluster, release: str, tmp_path:
         crd_file = changed / "files" / "crds" / "kvpilot.io_inferenceservices.yaml"
         crd = yaml.safe_load(crd_file.read_text())
         columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
-        columns.insert(0, {"name": "Served", "type": "string", "jsonPath": ".spec.model.servedName"})
+        columns.insert(
+            0, {"name": "Served", "type": "string", "jsonPath": ".spec.model.servedName"}
+        )
         crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
         with OperatorProcess.others_paused():
             helm(cluster, "upgrade", RELEASE, str(changed), "-n", RELEASE_NS,
@@ -337,9 +347,7 @@ def test_helm_upgrade_upgrades_the_crd(cluster: Cluster, release: str, tmp_path:
         kube.run("delete", "namespace", ns, "--wait=false", check=False)
 
 
-def test_helm_uninstall_leaves_inferenceservices_in_place(
-    cluster: Cluster, release: str
-) -> None:
+def test_helm_uninstall_leaves_inferenceservices_in_place(cluster: Cluster, release: str) -> None:
     """Runs last in this module: it uninstalls the module's release."""
     kube = cluster.kube
     ns = new_namespace(kube, "chart-uninstall")

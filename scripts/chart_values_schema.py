@@ -40,7 +40,11 @@ def obj(props: dict[str, Any], description: str = "", **extra: Any) -> dict[str,
 
 
 def string_map(description: str) -> dict[str, Any]:
-    return {"type": "object", "description": description, "additionalProperties": {"type": "string"}}
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": {"type": "string"},
+    }
 
 
 def k8s(description: str, kind: str = "object") -> dict[str, Any]:
@@ -84,9 +88,9 @@ def scaling_defaults_schema() -> dict[str, Any]:
 
 
 def schema() -> dict[str, Any]:
+    optional = ("completed", "ttft", "lastScrape")
     promql = {
-        key: {"type": ["string", "null"] if key in ("completed", "ttft", "lastScrape") else "string",
-              "minLength": 1}
+        key: {"type": ["string", "null"] if key in optional else "string", "minLength": 1}
         for key in ("selector", "revisionSelector", "waiting", "running", "kvCache", "completed",
                     "ttft", "lastScrape", "podLabel")
     }  # fmt: skip
@@ -117,8 +121,14 @@ def schema() -> dict[str, Any]:
                 "fullnameOverride": {"type": "string", "maxLength": 52},
                 "crds": obj(
                     {
-                        "enabled": {"type": "boolean", "description": "Install and upgrade the CRD with the release."},
-                        "keep": {"type": "boolean", "description": "Keep the CRD (and every InferenceService) on helm uninstall."},
+                        "enabled": {
+                            "type": "boolean",
+                            "description": "Install and upgrade the CRD with the release.",
+                        },
+                        "keep": {
+                            "type": "boolean",
+                            "description": "Keep the CRD and every InferenceService on uninstall.",
+                        },
                     }
                 ),
                 "image": obj(
@@ -134,7 +144,9 @@ def schema() -> dict[str, Any]:
                     "items": obj({"name": {"type": "string", "minLength": 1}}, required=["name"]),
                 },
                 "replicaCount": {
-                    "type": "integer", "minimum": 0, "maximum": 10,
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 10,
                     "description": "Operator replicas; one acts, the rest stand by.",
                 },
                 "leaderElection": obj(
@@ -144,7 +156,8 @@ def schema() -> dict[str, Any]:
                     }
                 ),
                 "watchNamespaces": {
-                    "type": "array", "uniqueItems": True,
+                    "type": "array",
+                    "uniqueItems": True,
                     "description": "Namespaces served; empty for the whole cluster.",
                     "items": {"type": "string", "pattern": DNS_LABEL, "maxLength": 63},
                 },
@@ -165,14 +178,27 @@ def schema() -> dict[str, Any]:
                 ),
                 "operator": obj(
                     {
-                        "prometheusUrl": {"type": "string", "pattern": "^(https?://[^\\s]+)?$",
-                                          "description": "http(s) URL of Prometheus, or empty."},
-                        "autoscaleInterval": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                        "prometheusUrl": {
+                            "type": "string",
+                            "pattern": "^(https?://[^\\s]+)?$",
+                            "description": "http(s) URL of Prometheus, or empty.",
+                        },
+                        "autoscaleInterval": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": 3600,
+                        },
                         "metricsStep": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
-                        "repairInterval": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+                        "repairInterval": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": 86400,
+                        },
                         "workers": {"type": "integer", "minimum": 1, "maximum": 64},
                         "scalingDefaults": scaling_defaults_schema(),
-                        "promqlTemplates": obj(promql, "The autoscaler's PromQL (docs/autoscaling.md)."),
+                        "promqlTemplates": obj(
+                            promql, "The autoscaler's PromQL (docs/autoscaling.md)."
+                        ),
                         "gpuCosts": {
                             "type": "object",
                             "description": "Relative hourly cost per GPU type name.",
@@ -180,7 +206,8 @@ def schema() -> dict[str, Any]:
                             "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
                         },
                         "gpuTypes": {
-                            "type": "array", "uniqueItems": True,
+                            "type": "array",
+                            "uniqueItems": True,
                             "items": {"type": "string", "pattern": GPU_TYPE},
                         },
                         "schedulerName": {"type": "string", "pattern": f"^$|{DNS_SUBDOMAIN}"},
@@ -228,10 +255,19 @@ def schema() -> dict[str, Any]:
                         "for": obj(
                             {
                                 k: {"type": "string", "pattern": DURATION}
-                                for k in ("notReady", "scalingBlocked", "kvCacheSaturated", "operatorDown")
+                                for k in (
+                                    "notReady",
+                                    "scalingBlocked",
+                                    "kvCacheSaturated",
+                                    "operatorDown",
+                                )
                             }
                         ),
-                        "kvCacheSaturation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                        "kvCacheSaturation": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": 1,
+                        },
                     }
                 ),
                 "grafanaDashboard": obj(
@@ -247,7 +283,10 @@ def schema() -> dict[str, Any]:
         ),
         "allOf": [
             {
-                "if": {"properties": {"replicaCount": {"minimum": 2}}, "required": ["replicaCount"]},
+                "if": {
+                    "properties": {"replicaCount": {"minimum": 2}},
+                    "required": ["replicaCount"],
+                },
                 "then": {
                     "properties": {
                         "leaderElection": {
