@@ -196,6 +196,44 @@ def test_operator_as_the_chart_identity_creates_scales_rolls_and_deletes(
         kube.run("delete", "namespace", ns, "--wait=false", check=False)
 
 
+def test_two_replicas_share_one_lease_under_the_chart_identity(
+    cluster: Cluster, sa_kubeconfig: Path
+) -> None:
+    """The chart's two replicas: the Lease Role lets one lead and the other stand by, and
+    the standby takes over when the leader goes (the Lease is in the release namespace)."""
+    kube = cluster.kube
+    logs = cluster.layout.logs
+    ops = [
+        OperatorProcess(
+            sa_kubeconfig, logs / f"operator-chart-{pod}.log",
+            env={"POD_NAMESPACE": RELEASE_NS, "POD_NAME": f"kvpilot-{pod}"},
+            ready_marker="Initial authentication has finished" if pod == "a" else "Standing by",
+        )
+        for pod in ("a", "b")
+    ]  # fmt: skip
+    for op in ops:
+        op.log_file.write_text("")
+
+    def holder() -> str:
+        lease = kube.get("lease", "kvpilot-operator", RELEASE_NS)
+        return str(((lease or {}).get("spec") or {}).get("holderIdentity"))
+
+    try:
+        with OperatorProcess.others_paused():
+            ops[0].start()
+            ops[1].start()
+            assert holder() == "kvpilot-a"
+            ops[0].forget()  # a clean exit hands the Lease over
+            wait_for(ops[1].log, lambda t: "Became leader" in t, timeout=60, what="takeover")
+            assert holder() == "kvpilot-b"
+    finally:
+        for op in ops:
+            op.forget()
+    for op in ops:
+        text = op.log()
+        assert "Forbidden" not in text and " 403" not in text, text[-3000:]
+
+
 @pytest.mark.parametrize(
     ("args", "what"),
     [
