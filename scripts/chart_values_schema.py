@@ -108,6 +108,24 @@ def schema() -> dict[str, Any]:
             for k in ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")
         }
     )
+    limits = obj(
+        {
+            "maxPriority": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000},
+            "maxGPUs": {"type": "integer", "minimum": 0},
+        },
+        "Caps of one namespace; a cap left out is unlimited.",
+    )
+    tenants = obj(
+        {
+            "default": limits,
+            "namespaces": {
+                "type": "object",
+                "propertyNames": {"pattern": DNS_LABEL, "maxLength": 63},
+                "additionalProperties": limits,
+            },
+        },
+        "Per-namespace caps on placement priority and GPUs (kvpilot run --tenant-policy).",
+    )
     quantities = {
         "type": "object",
         "additionalProperties": {"type": ["string", "number"]},
@@ -199,6 +217,7 @@ def schema() -> dict[str, Any]:
                         "promqlTemplates": obj(
                             promql, "The autoscaler's PromQL (docs/autoscaling.md)."
                         ),
+                        "tenantPolicy": tenants,
                         "gpuCosts": {
                             "type": "object",
                             "description": "Relative hourly cost per GPU type name.",

@@ -37,7 +37,7 @@ CRD_FILE = "kvpilot.io_inferenceservices.yaml"
 
 #: Flags the chart renders for settings `kvpilot run` does not have yet (the chart's
 #: README lists them); test_awaited_flags_are_still_missing says when one lands.
-AWAITED_FLAGS = {"--gpu-costs", "--gpu-types", "--scheduler-name"}
+AWAITED_FLAGS = {"--gpu-costs", "--gpu-types"}
 
 
 # ---------------------------------------------------------------- lint and template
@@ -162,6 +162,7 @@ def _configmap_file(docs: list[Any], key: str) -> str:
 def test_site_policy_and_promql_reach_the_operator_as_files_it_accepts() -> None:
     from kvpilot.autoscaling.policy import DEFAULT_POLICY, load_policy_defaults
     from kvpilot.autoscaling.prometheus import load_templates
+    from kvpilot.reconcile.tenancy import load_tenant_policy
 
     docs = manifests(files=[FULL])
     c = container(docs)
@@ -177,6 +178,10 @@ def test_site_policy_and_promql_reach_the_operator_as_files_it_accepts() -> None
     assert policy.model_dump(by_alias=True)["stableWindowSeconds"] == 120
     templates = load_templates(_configmap_file(docs, "promql-templates.yaml"))
     assert templates.pod_label == "k8s_pod" and templates.ttft is None
+    assert "--tenant-policy=/etc/kvpilot/tenant-policy.yaml" in c["args"]
+    tenants = load_tenant_policy(_configmap_file(docs, "tenant-policy.yaml"))
+    assert tenants.priority("prod", 5000) == 1000 and tenants.priority("other", 500) == 100
+    assert tenants.limits("research").max_gpus == 16
     costs = yaml.safe_load(_configmap_file(docs, "gpu-costs.yaml"))
     assert costs == {"H100-80GB": 1.0, "A100-80GB": 0.55, "L4-24GB": 0.12}
     # A changed setting rolls the pods (settings are read at start).
@@ -359,6 +364,8 @@ def test_leader_lease_updates_are_limited_to_the_named_lease() -> None:
         ({"operator": {"promqlTemplates": {"kv_cache": "x"}}},
          "at '/operator/promqlTemplates': additional properties 'kv_cache' not allowed"),
         ({"operator": {"gpuCosts": {"H100-80GB": -1}}}, "at '/operator/gpuCosts/H100-80GB'"),
+        ({"operator": {"tenantPolicy": {"namespaces": {"prod": {"maxGpus": 4}}}}},
+         "at '/operator/tenantPolicy/namespaces/prod': additional properties 'maxGpus'"),
         ({"operator": {"workers": 0}}, "at '/operator/workers': minimum: got 0, want 1"),
         ({"metrics": {"port": 70000}}, "at '/metrics/port': maximum: got 70,000, want 65,535"),
         ({"prometheusRule": {"for": {"notReady": "ten minutes"}}},

@@ -48,7 +48,8 @@ app.kubernetes.io/part-of: kvpilot
 
 {{/* Whether the operator settings need a ConfigMap (files passed by path). */}}
 {{- define "kvpilot.needsConfig" -}}
-{{- if or .Values.operator.scalingDefaults .Values.operator.promqlTemplates .Values.operator.gpuCosts }}true{{ end }}
+{{- $o := .Values.operator }}
+{{- if or $o.scalingDefaults $o.promqlTemplates $o.tenantPolicy $o.gpuCosts }}true{{ end }}
 {{- end }}
 
 {{/* The `kvpilot run` arguments: every operator setting of values.yaml. */}}
@@ -77,6 +78,9 @@ app.kubernetes.io/part-of: kvpilot
 {{- end }}
 {{- if .Values.operator.promqlTemplates }}
 - --promql-templates=/etc/kvpilot/promql-templates.yaml
+{{- end }}
+{{- if .Values.operator.tenantPolicy }}
+- --tenant-policy=/etc/kvpilot/tenant-policy.yaml
 {{- end }}
 {{- if .Values.operator.gpuCosts }}
 - --gpu-costs=/etc/kvpilot/gpu-costs.yaml
