@@ -71,7 +71,9 @@ def service(name: str, gpu: str = "L4-24GB", **scaling: int) -> dict[str, Any]:
     obj: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b.yaml").read_text())
     obj["metadata"]["name"] = name
     obj["spec"]["placement"]["gpuTypes"] = [gpu]
-    obj["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 1, **scaling}
+    # Room for `kubectl scale` (the CRD refuses replicas above maxReplicas); without a
+    # Prometheus URL the autoscaler holds whatever was set.
+    obj["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 3, **scaling}
     return obj
 
 
