@@ -23,6 +23,7 @@ from kvpilot.api import (
     parse_spec,
     parse_status,
 )
+from kvpilot.api.security import EXTRA_ARGS_DERIVED
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 MINIMAL = {"model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"}}
@@ -46,6 +47,7 @@ MINIMAL_DEFAULTED: dict[str, Any] = {
         "shmSize": "8Gi",
         "modelCache": {},
         "startupTimeoutSeconds": 1800,
+        "trustRemoteCode": False,
     },
     "parallelism": {"tensor": "auto"},
     "placement": {"gpuTypes": [], "priority": 0, "preemptible": False},
@@ -141,8 +143,7 @@ def test_error_lists_every_problem_with_its_path() -> None:
         ),
         (
             "spec.runtime.extraArgs",
-            "extraArgs must not set --model, --tensor-parallel-size, --pipeline-parallel-size, "
-            "--data-parallel-size, --host or --port: kvpilot derives them from the spec",
+            f"{EXTRA_ARGS_DERIVED.message} (item '--port=1')",
         ),
         ("spec.runtime.env", "env must not repeat a name"),
         ("spec.parallelism.tensor", "Input should be 'auto', 1, 2, 4 or 8"),

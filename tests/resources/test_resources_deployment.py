@@ -23,6 +23,7 @@ LABELS = {
     "app.kubernetes.io/name": "llama",
     "kvpilot.io/inference-service": "llama",
 }
+HOME = {"name": "HOME", "value": "/tmp"}
 PLAN = RenderPlan(
     tensor_parallel=1,
     gpus_per_replica=1,
@@ -87,6 +88,15 @@ def deployment(
                     },
                 },
                 "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 1000,
+                        "runAsGroup": 1000,
+                        "fsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [
                         {
                             "name": "vllm",
@@ -97,6 +107,12 @@ def deployment(
                             "env": env,
                             "resources": resources,
                             "volumeMounts": mounts,
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "privileged": False,
+                                "capabilities": {"drop": ["ALL"]},
+                                "runAsNonRoot": True,
+                            },
                             "startupProbe": probe(10, 5, startup_failures),
                             "readinessProbe": probe(5, 5, 3),
                             "livenessProbe": probe(10, 10, 6),
@@ -144,7 +160,7 @@ def test_minimal_hf_service() -> None:
             "/model-cache/hub"
         ),
         port=8000,
-        env=[{"name": "HF_HOME", "value": "/model-cache"}],
+        env=[HOME, {"name": "HF_HOME", "value": "/model-cache"}],
         resources={"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
         mounts=[
             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -206,6 +222,7 @@ def test_pvc_service_with_everything_set() -> None:
         ),
         port=8080,
         env=[
+            HOME,
             {"name": "HF_HOME", "value": "/model-cache"},
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
             {"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"},
@@ -298,15 +315,38 @@ def container(spec: dict[str, Any], plan: RenderPlan = PLAN) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("runtime", "expected"),
     [
-        ({}, [{"name": "HF_HOME", "value": "/model-cache"}]),
+        ({}, [HOME, {"name": "HF_HOME", "value": "/model-cache"}]),
         (
             {"env": [{"name": "HF_HOME", "value": "/cache"}, {"name": "A", "value": "1"}]},
-            [{"name": "HF_HOME", "value": "/cache"}, {"name": "A", "value": "1"}],
+            [HOME, {"name": "HF_HOME", "value": "/cache"}, {"name": "A", "value": "1"}],
         ),
         (
-            # A user value replaces the secret reference rather than duplicating the name.
-            {"hfTokenSecretRef": {"name": "s", "key": "k"}, "env": [{"name": "HF_TOKEN"}]},
-            [{"name": "HF_HOME", "value": "/model-cache"}, {"name": "HF_TOKEN", "value": ""}],
+            # Credentials travel as Secret references only, from the fields and from env.
+            {
+                "hfTokenSecretRef": {"name": "s", "key": "k"},
+                "apiKeySecretRef": {"name": "api", "key": "key"},
+                "env": [
+                    {
+                        "name": "AWS_SECRET_ACCESS_KEY",
+                        "valueFrom": {"secretKeyRef": {"name": "aws", "key": "secret"}},
+                    },
+                    {"name": "EMPTY"},
+                ],
+            },
+            [
+                HOME,
+                {"name": "HF_HOME", "value": "/model-cache"},
+                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                {
+                    "name": "VLLM_API_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": "api", "key": "key"}},
+                },
+                {
+                    "name": "AWS_SECRET_ACCESS_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": "aws", "key": "secret"}},
+                },
+                {"name": "EMPTY", "value": ""},
+            ],
         ),
     ],
 )

@@ -24,6 +24,7 @@ from kvpilot.api.parse import (
 )
 from kvpilot.api.spec import (
     EnvVar,
+    EnvVarSource,
     InferenceServiceSpec,
     ModelCache,
     ModelShape,
@@ -61,6 +62,7 @@ __all__ = [
     "CelRule",
     "Condition",
     "EnvVar",
+    "EnvVarSource",
     "GPUMemory",
     "InferenceService",
     "InferenceServiceSpec",

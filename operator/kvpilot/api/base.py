@@ -7,17 +7,14 @@ cluster whose CRD is older, are held to the same rules). Both share one message.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
-# Kubernetes resource.Quantity, as controller-gen renders it into CRDs.
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
 # RFC 1123 subdomain (names of Secrets, PersistentVolumeClaims).
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # RFC 1035 label: the InferenceService name becomes a Service name and a label value.
@@ -83,19 +80,63 @@ def _quantity_text(value: object) -> object:
     return value
 
 
-Quantity = Annotated[
-    str,
-    BeforeValidator(_quantity_text),
-    Field(pattern=QUANTITY_PATTERN, max_length=64),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
-            "x-kubernetes-int-or-string": True,
-        }
-    ),
-]
-"""A Kubernetes quantity (`8Gi`, `500m`, `4`), kept as its text."""
+# A resource size: no sign and no exponent (`-1` and `1e1000` are quantities to the API
+# server, but no container can have them).
+SIZE_PATTERN = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|[kMGTPE]|[KMGTPE]i)?$"
+_SUFFIXES = {
+    "": 1,
+    "m": Decimal("0.001"),
+    **{s: 1000**i for i, s in enumerate("kMGTPE", 1)},
+    **{f"{s}i": 1024**i for i, s in enumerate("KMGTPE", 1)},
+}
+
+
+def quantity_value(text: str) -> Decimal:
+    """The value of a size written as SIZE_PATTERN allows (`8Gi` -> 8589934592)."""
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", text)
+    if match is None or match.group(2) not in _SUFFIXES:
+        raise ValueError(f"not a quantity: {text!r}")
+    return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
+
+
+def _size(maximum: str) -> Any:
+    """A size type: SIZE_PATTERN, above zero and at most `maximum`, in CRD and model."""
+    rule = CelRule(
+        rule="!isQuantity(string(self)) || "
+        f"(quantity(string(self)).compareTo(quantity('0')) > 0 && "
+        f"quantity(string(self)).compareTo(quantity('{maximum}')) <= 0)",
+        message=f"must be greater than 0 and at most {maximum}",
+    )
+
+    def bounded(value: str) -> str:
+        check(Decimal(0) < quantity_value(value) <= quantity_value(maximum), rule)
+        return value
+
+    return Annotated[
+        str,
+        BeforeValidator(_quantity_text),
+        Field(pattern=SIZE_PATTERN, max_length=64),
+        AfterValidator(bounded),
+        WithJsonSchema(
+            {
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "pattern": SIZE_PATTERN,
+                "maxLength": 64,
+                "x-kubernetes-int-or-string": True,
+                **cel_rules(rule),
+            }
+        ),
+    ]
+
+
+if TYPE_CHECKING:
+    CPUQuantity = str
+    Quantity = str
+else:
+    CPUQuantity = _size("1024")
+    """CPU cores (`4`, `500m`): above zero, at most 1024, no sign or exponent."""
+    Quantity = _size("64Ti")
+    """A memory or volume size (`8Gi`): above zero, at most 64Ti, no sign or exponent."""
 
 
 def sub_object(factory: type[KvModel], description: str) -> Any:

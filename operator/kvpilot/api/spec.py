@@ -10,9 +10,11 @@ from typing import Annotated, Final
 
 from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from kvpilot.api import security
 from kvpilot.api.base import (
     DNS_SUBDOMAIN_PATTERN,
     CelRule,
+    CPUQuantity,
     KvModel,
     Quantity,
     cel_rules,
@@ -33,23 +35,15 @@ DEFAULT_MAX_MODEL_LEN: Final = 8192
 DEFAULT_STARTUP_TIMEOUT_SECONDS: Final = 1800
 
 # hf://ORG/NAME, pvc://CLAIM[/PATH], s3://BUCKET[/PATH]. RE2-compatible (used in CEL too).
+# Path segments start with a letter, digit or underscore, so "." and ".." never match.
+_SOURCE_PATH = "(/[A-Za-z0-9_][A-Za-z0-9._+=,-]*)*/?"
 SOURCE_PATTERN: Final = (
     "^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
-    "|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/].*)?"
-    "|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/].*)?)$"
+    f"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?{_SOURCE_PATH}"
+    f"|s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]{_SOURCE_PATH})$"
 )
-# vLLM flags that kvpilot derives from other fields (placement and networking depend on them).
-RESERVED_FLAGS: Final = (
-    "--model",
-    "--tensor-parallel-size",
-    "-tp",
-    "--pipeline-parallel-size",
-    "-pp",
-    "--data-parallel-size",
-    "-dp",
-    "--host",
-    "--port",
-)
+# Image references: registry/name[:tag][@digest]; no whitespace or control characters.
+IMAGE_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
 # Environment variable names: C identifier-like, as most tools expect.
 ENV_NAME_PATTERN: Final = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 SECRET_KEY_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"
@@ -60,7 +54,7 @@ REVISION_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 # --- spec.model ---------------------------------------------------------------------
 
 SHAPE_KV_HEADS = CelRule(
-    rule="!has(self.attentionHeads) || !has(self.kvHeads) || "
+    rule="!has(self.attentionHeads) || !has(self.kvHeads) || self.kvHeads < 1 || "
     "self.attentionHeads % self.kvHeads == 0",
     message="kvHeads must divide attentionHeads (grouped-query attention shares each KV head "
     "among an equal number of query heads)",
@@ -152,7 +146,12 @@ class ModelSpec(KvModel):
         description="Where the weights come from: hf://ORG/NAME (Hugging Face Hub), "
         "pvc://CLAIM[/PATH] (a PersistentVolumeClaim in the same namespace) or "
         "s3://BUCKET[/PATH] (streamed by vLLM's Run:ai model streamer).",
-        json_schema_extra=cel_rules(MODEL_SOURCE),
+        json_schema_extra=cel_rules(
+            security.SOURCE_INVISIBLE,
+            security.SOURCE_TRAVERSAL,
+            security.SOURCE_CREDENTIALS,
+            MODEL_SOURCE,
+        ),
     )
     served_name: str | None = Field(
         None,
@@ -195,6 +194,9 @@ class ModelSpec(KvModel):
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:
+        problem = security.source_problem(value)
+        if problem is not None:
+            check(False, problem)
         check(re.fullmatch(SOURCE_PATTERN, value) is not None, MODEL_SOURCE)
         return value
 
@@ -211,15 +213,6 @@ class ModelSpec(KvModel):
 # --- spec.runtime ---------------------------------------------------------------------
 
 
-class EnvVar(KvModel):
-    """An environment variable of the vLLM container."""
-
-    name: str = Field(
-        min_length=1, max_length=256, pattern=ENV_NAME_PATTERN, description="Variable name."
-    )
-    value: str = Field("", max_length=32_768, description="Variable value.")
-
-
 class SecretKeyRef(KvModel):
     """A key of a Secret in the InferenceService's namespace."""
 
@@ -232,6 +225,47 @@ class SecretKeyRef(KvModel):
         pattern=SECRET_KEY_PATTERN,
         description="Key within the Secret.",
     )
+
+
+class EnvVarSource(KvModel):
+    """Where a variable's value comes from instead of a literal."""
+
+    secret_key_ref: SecretKeyRef = Field(
+        description="A key of a Secret in the InferenceService's namespace."
+    )
+
+
+class EnvVar(KvModel):
+    """An environment variable of the vLLM container (policy: docs/security.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            security.ENV_ONE_SOURCE,
+            security.ENV_FROM_FIELD,
+            security.ENV_CODE_LOADING,
+            security.ENV_SECRET_NAME,
+            security.ENV_SECRET_VALUE,
+        )
+    )
+
+    name: str = Field(
+        min_length=1, max_length=256, pattern=ENV_NAME_PATTERN, description="Variable name."
+    )
+    value: str | None = Field(
+        None,
+        max_length=32_768,
+        description="Literal value; credentials must use valueFrom.secretKeyRef instead.",
+    )
+    value_from: EnvVarSource | None = Field(
+        None, description="Take the value from a Secret key (by reference, never copied)."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> EnvVar:
+        problem = security.env_problem(self.name, self.value, self.value_from is not None)
+        if problem is not None:
+            check(False, problem)
+        return self
 
 
 MODEL_CACHE_SIZE = CelRule(
@@ -268,13 +302,6 @@ RUNTIME_BATCHED_TOKENS = CelRule(
     message="maxNumBatchedTokens must be at least maxNumSeqs (vLLM refuses smaller)",
     field_path=".maxNumBatchedTokens",
 )
-RUNTIME_RESERVED_FLAGS = CelRule(
-    rule="self.all(a, !["
-    + ", ".join(f"'{f}'" for f in RESERVED_FLAGS)
-    + "].exists(f, a == f || a.startsWith(f + '=')))",
-    message="extraArgs must not set --model, --tensor-parallel-size, --pipeline-parallel-size, "
-    "--data-parallel-size, --host or --port: kvpilot derives them from the spec",
-)
 
 
 class RuntimeSpec(KvModel):
@@ -283,7 +310,11 @@ class RuntimeSpec(KvModel):
     model_config = ConfigDict(json_schema_extra=cel_rules(RUNTIME_BATCHED_TOKENS))
 
     image: str = Field(
-        DEFAULT_IMAGE, min_length=1, max_length=512, description="vLLM OpenAI server image."
+        DEFAULT_IMAGE,
+        min_length=1,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description="vLLM OpenAI server image.",
     )
     port: int = Field(
         DEFAULT_PORT, ge=1, le=65535, description="Port of the OpenAI API and /metrics."
@@ -291,8 +322,17 @@ class RuntimeSpec(KvModel):
     extra_args: tuple[Annotated[str, Field(max_length=1024)], ...] = Field(
         (),
         max_length=64,
-        description="Further vLLM arguments, appended after the ones kvpilot renders.",
-        json_schema_extra=cel_rules(RUNTIME_RESERVED_FLAGS),
+        description="Further vLLM arguments, appended after the ones kvpilot renders. Flags "
+        "kvpilot derives, flags that load code or files, and secrets are refused in any "
+        "spelling (docs/security.md).",
+        json_schema_extra=cel_rules(
+            security.EXTRA_ARGS_CHARACTERS,
+            security.EXTRA_ARGS_ONE_FLAG,
+            security.EXTRA_ARGS_DERIVED,
+            security.EXTRA_ARGS_OPT_IN,
+            security.EXTRA_ARGS_UNSAFE,
+            security.EXTRA_ARGS_SECRET,
+        ),
     )
     env: tuple[EnvVar, ...] = Field(
         (),
@@ -303,6 +343,16 @@ class RuntimeSpec(KvModel):
     hf_token_secret_ref: SecretKeyRef | None = Field(
         None,
         description="Secret key holding a Hugging Face token; passed as HF_TOKEN by reference.",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="Secret key holding the API key clients must send (Authorization: Bearer); "
+        "passed as VLLM_API_KEY by reference. /health and /metrics stay open.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped in the model repository (vLLM "
+        "--trust-remote-code); only for repositories you trust.",
     )
     gpu_memory_utilization: float = Field(
         0.9,
@@ -328,7 +378,7 @@ class RuntimeSpec(KvModel):
         "(NCCL uses it between tensor-parallel ranks).",
     )
     model_cache: ModelCache = sub_object(ModelCache, "Volume for downloaded weights.")
-    cpu: Quantity | None = Field(None, description="CPU request of the vLLM container.")
+    cpu: CPUQuantity | None = Field(None, description="CPU request of the vLLM container.")
     memory: Quantity | None = Field(None, description="Memory request of the vLLM container.")
     startup_timeout_seconds: int = Field(
         DEFAULT_STARTUP_TIMEOUT_SECONDS,
@@ -346,9 +396,13 @@ class RuntimeSpec(KvModel):
 
     @field_validator("extra_args")
     @classmethod
-    def _reserved_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        reserved = (a for a in value for f in RESERVED_FLAGS if a == f or a.startswith(f + "="))
-        check(next(reserved, None) is None, RUNTIME_RESERVED_FLAGS)
+    def _safe_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problem = security.extra_args_problem(value)
+        if problem is not None:
+            rule, arg = problem
+            # Name the item, unless it carries the credential the message is about.
+            shown = "" if rule is security.EXTRA_ARGS_SECRET else f" (item {arg!r})"
+            raise ValueError(f"{rule.message}{shown}")
         return value
 
     @field_validator("env")
@@ -610,7 +664,7 @@ class ScalingSpec(KvModel):
 
 _TENSOR_IS_INT = (
     "has(self.model.shape) && has(self.parallelism) && has(self.parallelism.tensor) && "
-    "type(self.parallelism.tensor) == int"
+    "type(self.parallelism.tensor) == int && self.parallelism.tensor > 0"
 )
 SPEC_REPLICAS_IN_BOUNDS = CelRule(
     rule="!has(self.replicas) || !has(self.scaling) || !has(self.scaling.minReplicas) || "
@@ -633,7 +687,7 @@ SPEC_TP_HEADS = CelRule(
     field_path=".parallelism.tensor",
 )
 SPEC_TP_KV_HEADS = CelRule(
-    rule=f"!({_TENSOR_IS_INT} && has(self.model.shape.kvHeads)) || "
+    rule=f"!({_TENSOR_IS_INT} && has(self.model.shape.kvHeads) && self.model.shape.kvHeads > 0) || "
     "self.model.shape.kvHeads % self.parallelism.tensor == 0 || "
     "self.parallelism.tensor % self.model.shape.kvHeads == 0",
     message="parallelism.tensor must divide model.shape.kvHeads or be a multiple of it",

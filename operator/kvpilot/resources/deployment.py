@@ -11,7 +11,7 @@ import math
 from typing import Any, Final
 
 from kvpilot.api.parse import InferenceService
-from kvpilot.api.spec import ModelSpec, RuntimeSpec
+from kvpilot.api.spec import ModelSpec, RuntimeSpec, SecretKeyRef
 from kvpilot.resources.labels import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -39,6 +39,12 @@ SOURCE_PATH: Final = "/model-source"
 # layout on the cache volume, so a PVC cache serves both.
 HF_HOME: Final = CACHE_PATH
 DOWNLOAD_DIR: Final = f"{CACHE_PATH}/hub"
+
+# vLLM runs as an ordinary user: the official image needs no root (it writes only to
+# HOME, the caches and /dev/shm, all on volumes or world-writable paths). fsGroup makes
+# the cache volume writable for that user.
+RUN_AS_USER: Final = 1000
+HOME: Final = "/tmp"
 
 STARTUP_PERIOD_SECONDS: Final = 10
 REVISION_HISTORY_LIMIT: Final = 3
@@ -91,6 +97,8 @@ def vllm_args(isvc: InferenceService, plan: RenderPlan) -> list[str]:
         args += ["--max-num-seqs", str(rt.max_num_seqs)]
     if rt.max_num_batched_tokens is not None:
         args += ["--max-num-batched-tokens", str(rt.max_num_batched_tokens)]
+    if rt.trust_remote_code:
+        args.append("--trust-remote-code")
     if rt.enable_prefix_caching is not None:
         args.append(
             "--enable-prefix-caching" if rt.enable_prefix_caching else "--no-enable-prefix-caching"
@@ -105,17 +113,44 @@ def vllm_args(isvc: InferenceService, plan: RenderPlan) -> list[str]:
     return args + list(rt.extra_args)
 
 
+def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
 def _env(rt: RuntimeSpec) -> list[dict[str, Any]]:
-    env: dict[str, dict[str, Any]] = {"HF_HOME": {"name": "HF_HOME", "value": HF_HOME}}
+    """Container env. Credentials only ever appear as Secret references: the API refuses
+    literal HF_TOKEN / VLLM_API_KEY entries, so these references cannot be replaced."""
+    env: dict[str, dict[str, Any]] = {
+        "HOME": {"name": "HOME", "value": HOME},
+        "HF_HOME": {"name": "HF_HOME", "value": HF_HOME},
+    }
     if rt.hf_token_secret_ref is not None:
-        ref = rt.hf_token_secret_ref
-        env["HF_TOKEN"] = {
-            "name": "HF_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-        }
+        env["HF_TOKEN"] = _secret_env("HF_TOKEN", rt.hf_token_secret_ref)
+    if rt.api_key_secret_ref is not None:
+        env["VLLM_API_KEY"] = _secret_env("VLLM_API_KEY", rt.api_key_secret_ref)
     for var in rt.env:  # the user's value wins; one entry per name (SSA list-map key)
-        env[var.name] = {"name": var.name, "value": var.value}
+        if var.value_from is not None:
+            env[var.name] = _secret_env(var.name, var.value_from.secret_key_ref)
+        else:
+            env[var.name] = {"name": var.name, "value": var.value or ""}
     return list(env.values())
+
+
+CONTAINER_SECURITY_CONTEXT: Final[dict[str, Any]] = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+}
+# Root filesystem stays writable: vLLM, Triton and torch.compile write caches under
+# HOME and /tmp, and some images keep more state in the image.
+POD_SECURITY_CONTEXT: Final[dict[str, Any]] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def _resources(rt: RuntimeSpec, gpus: int) -> dict[str, Any]:
@@ -186,6 +221,7 @@ def build_deployment(isvc: InferenceService, plan: RenderPlan) -> dict[str, Any]
         "env": _env(rt),
         "resources": _resources(rt, plan.gpus_per_replica),
         "volumeMounts": mounts,
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
         **_probes(rt),
     }
     return {
@@ -212,6 +248,10 @@ def build_deployment(isvc: InferenceService, plan: RenderPlan) -> dict[str, Any]
                 },
                 "spec": {
                     **({"schedulerName": plan.scheduler_name} if plan.scheduler_name else {}),
+                    # vLLM never talks to the API server; a token would only be loot.
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": POD_SECURITY_CONTEXT,
                     "containers": [container],
                     "volumes": volumes,
                     "tolerations": [
