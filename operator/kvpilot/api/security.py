@@ -158,7 +158,8 @@ def _flag_rule(entries: Iterable[str], message: str) -> CelRule:
     families = ", ".join(f"'{e}'" for e in sorted(FLAG_FAMILIES))
     name = "a.split('=')[0].split(' ')[0].split('.')[0].replace('_', '-')"
     return CelRule(
-        rule=f"self.all(a, !a.startsWith('-') || cel.bind(n, {name}, ![{listed}].exists(f, "
+        # [x].all(n, ...) binds n to x: CRD validation has no cel.bind.
+        rule=f"self.all(a, !a.startsWith('-') || [{name}].all(n, ![{listed}].exists(f, "
         f"f.startsWith(n) || ((f in [{families}] || size(f) == 2) && n.startsWith(f)))))",
         message=message,
     )

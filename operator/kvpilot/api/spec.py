@@ -253,7 +253,7 @@ class EnvVar(KvModel):
     )
     value: str | None = Field(
         None,
-        max_length=32_768,
+        max_length=8192,
         description="Literal value; credentials must use valueFrom.secretKeyRef instead.",
     )
     value_from: EnvVarSource | None = Field(
