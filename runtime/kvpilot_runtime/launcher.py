@@ -4,7 +4,7 @@ The operator renders the ``vllm`` container as
 ``python3 -m vllm.entrypoints.openai.api_server --model ... --port 8000 ...``.
 The launcher takes that command line (after ``--``, or from a Pod /
 Deployment / PodSpec JSON) plus the container's env, and replaces itself
-(``os.execvpe``, never a shell) with either
+(``os.execvpe`` with an argument list, never a shell) with either
 
 * real vLLM: ``<python> -m vllm.entrypoints.openai.api_server <args>``, or
 * the simulator: ``<python> -m kvpilot_runtime.server <args>``,
@@ -35,6 +35,11 @@ log = logging.getLogger("kvpilot.launch")
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 SIM_MODULE = "kvpilot_runtime.server"
 MODES = ("vllm", "sim")
+# Programs that would re-parse a string as a command line: never the one exec'd.
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox", "env"})
+# Flags whose value is a credential: shown as *** in logs.
+SECRET_FLAGS = ("--api-key", "--hf-token")
+REDACTED = "***"
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,23 @@ def _model_source(args: list[str]) -> list[str]:
     return out
 
 
+def redact(argv: Sequence[str]) -> list[str]:
+    """argv for logs: the values of credential flags replaced by ***."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        flag = arg.split("=", 1)[0].replace("_", "-")
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+        elif flag in SECRET_FLAGS and "=" in arg:
+            out.append(f"{arg.split('=', 1)[0]}={REDACTED}")
+        else:
+            out.append(arg)
+            hide_next = flag in SECRET_FLAGS
+    return out
+
+
 def plan_launch(
     container: Container,
     *,
@@ -140,6 +162,10 @@ def plan_launch(
     """The exec that serves ``container`` in ``mode``; pure, so it is tested directly."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if Path(python).name in SHELLS:
+        raise ValueError(f"the interpreter must be Python, not the shell {python!r}")
+    if any("\0" in part for part in container.command):
+        raise ValueError("an argument contains a NUL character")
     args = _model_source(vllm_args(container.command))
     if host is not None:
         args = [*_drop_option(args, "--host"), "--host", host]
@@ -196,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(json.dumps({"argv": list(plan.argv), "env": dict(plan.env)}))
         return 0
-    log.info("Exec %s", " ".join(plan.argv))
+    log.info("Exec %s", " ".join(redact(plan.argv)))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(plan.program, list(plan.argv), {**os.environ, **plan.env})

@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from kvpilot_runtime.launcher import Container, LaunchPlan, container_from_spec, plan_launch
+from kvpilot_runtime.launcher import (
+    Container,
+    LaunchPlan,
+    container_from_spec,
+    plan_launch,
+    redact,
+)
 
 RENDERED = (
     "python3",
@@ -162,3 +168,55 @@ def test_cli_execs_the_simulator(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "kvpilot-sim" in out.stdout
+
+
+@pytest.mark.parametrize("python", ["/bin/sh", "bash", "/usr/bin/env"])
+def test_refuses_a_shell_as_interpreter(python: str) -> None:
+    with pytest.raises(ValueError, match="not the shell"):
+        plan_launch(Container(RENDERED, {}), mode="vllm", python=python)
+
+
+def test_refuses_nul_in_arguments() -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        plan_launch(Container((*RENDERED, "--seed", "1\0"), {}), mode="vllm", python="p")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["p", "--api-key", "k", "--port", "1"], ["p", "--api-key", "***", "--port", "1"]),
+        (["p", "--api_key=k", "--hf-token=t"], ["p", "--api_key=***", "--hf-token=***"]),
+        (["p", "--model", "m"], ["p", "--model", "m"]),
+    ],
+)
+def test_redact_hides_credential_values(argv: list[str], expected: list[str]) -> None:
+    assert redact(argv) == expected
+
+
+def test_shell_syntax_reaches_the_program_as_plain_text(tmp_path: Path) -> None:
+    """Arguments go to exec as a list: shell syntax in one is never run."""
+    marker = tmp_path / "ran"
+    hostile = f"$(touch {marker});touch {marker}"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvpilot_runtime.launcher",
+            "--mode",
+            "sim",
+            "--",
+            "python3",
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--served-model-name",
+            hostile,
+            "--help",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert hostile in out.stderr  # logged verbatim, as one argument
+    assert not marker.exists()
