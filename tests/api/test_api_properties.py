@@ -55,6 +55,7 @@ safe_extra = st.lists(
     ),
     max_size=4,
 ).map(lambda groups: [a for g in groups for a in g])
+served_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,20}", fullmatch=True)
 env_name = st.from_regex(r"[A-Z][A-Z0-9]{0,8}", fullmatch=True).filter(
     lambda n: not n.startswith("LD") and n not in ("PATH", "ENV")
 )
