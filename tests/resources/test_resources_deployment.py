@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from kvpilot.api import InferenceService, parse_spec
+from kvpilot.api.security import FIELD_ENV, SECRET_NAME
 from kvpilot.resources import RenderPlan, build_deployment, vllm_args
 
 OWNER = {
@@ -415,3 +416,42 @@ def test_render_plan_refuses_nonsense(kwargs: dict[str, Any]) -> None:
     }
     with pytest.raises(ValueError):
         RenderPlan(**{**base, **kwargs})
+
+
+def test_credentials_reach_the_pod_only_by_secret_reference() -> None:
+    """Every credential the spec can name is a secretKeyRef; annotations carry none."""
+    ref = {"secretKeyRef": {"name": "creds", "key": "k"}}
+    spec = {
+        "model": {"source": "s3://models-bucket/llama"},
+        "runtime": {
+            "hfTokenSecretRef": {"name": "hf", "key": "token"},
+            "apiKeySecretRef": {"name": "api", "key": "key"},
+            "env": [
+                {"name": "AWS_ACCESS_KEY_ID", "valueFrom": ref},
+                {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": ref},
+                {"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"},
+            ],
+        },
+    }
+    template = build_deployment(isvc(spec), PLAN)["spec"]["template"]
+    env = template["spec"]["containers"][0]["env"]
+    secret_like = [e for e in env if SECRET_NAME.search(e["name"]) or e["name"] in FIELD_ENV]
+    assert {e["name"] for e in secret_like} == {
+        "HF_TOKEN",
+        "VLLM_API_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+    assert all(set(e) == {"name", "valueFrom"} for e in secret_like)
+    assert set(template["metadata"]["annotations"]) == {
+        "prometheus.io/scrape",
+        "prometheus.io/port",
+        "prometheus.io/path",
+    }
+    assert "--api-key" not in template["spec"]["containers"][0]["args"]
+
+
+def test_trust_remote_code_is_an_explicit_field() -> None:
+    args = container({"model": HF, "runtime": {"trustRemoteCode": True}})["containers"][0]["args"]
+    assert "--trust-remote-code" in args
+    assert "--trust-remote-code" not in container({"model": HF})["containers"][0]["args"]

@@ -83,11 +83,11 @@ def _quantity_text(value: object) -> object:
 # A resource size: no sign and no exponent (`-1` and `1e1000` are quantities to the API
 # server, but no container can have them).
 SIZE_PATTERN = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|[kMGTPE]|[KMGTPE]i)?$"
-_SUFFIXES = {
-    "": 1,
+_SUFFIXES: dict[str, Decimal] = {
+    "": Decimal(1),
     "m": Decimal("0.001"),
-    **{s: 1000**i for i, s in enumerate("kMGTPE", 1)},
-    **{f"{s}i": 1024**i for i, s in enumerate("KMGTPE", 1)},
+    **{s: Decimal(1000**i) for i, s in enumerate("kMGTPE", 1)},
+    **{f"{s}i": Decimal(1024**i) for i, s in enumerate("KMGTPE", 1)},
 }
 
 
