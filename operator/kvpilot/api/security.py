@@ -87,8 +87,17 @@ DERIVED_FLAGS: Final = (
     "-pp",
     "--data-parallel",  # and every --data-parallel-* flag
     "-dp",  # and -dpl, -dpa, ...
+    "--prefill-context-parallel-size",  # multiplies the GPUs of a replica
+    "-pcp",
+    "--nnodes",  # multi-node replicas: placement is per node
+    "-n",
+    "--node-rank",
+    "-r",
+    "--master-addr",
+    "--master-port",
     "--quantization",
     "-q",
+    "--quantization-config",
     "--dtype",
     "--kv-cache-dtype",
     "--max-model-len",
@@ -118,12 +127,17 @@ UNSAFE_FLAGS: Final = (
     "--scheduler-cls",
     "--distributed-executor-backend",
     "--kv-transfer-config",
+    "--ec-transfer-config",
+    "--model-class-overrides",
+    "--logging-config",
     "--allowed-local-media-path",
     "--log-config-file",
     "--config",
 )
 # Entries that stand for a family of flags: every flag starting with them matches.
 FLAG_FAMILIES: Final = frozenset({"--data-parallel", "-dp", "--ssl-"})
+# vLLM flags of their own that are also prefixes of a listed flag (not abbreviations).
+OWN_FLAGS: Final = ("--reasoning-parser",)
 
 _WHITESPACE: Final = r"[\t\n\f\r ]"
 WHITESPACE: Final = re.compile(_WHITESPACE)
@@ -148,6 +162,8 @@ def flag_matches(name: str, entry: str) -> bool:
     when unambiguous; an ambiguous prefix is an error, so refusing it costs nothing), and
     a two-character flag takes its value glued on (`-qawq` is `-q awq`).
     """
+    if name in OWN_FLAGS:
+        return False
     return entry.startswith(name) or (
         (entry in FLAG_FAMILIES or len(entry) == 2) and name.startswith(entry)
     )
@@ -156,11 +172,13 @@ def flag_matches(name: str, entry: str) -> bool:
 def _flag_rule(entries: Iterable[str], message: str) -> CelRule:
     listed = ", ".join(f"'{e}'" for e in entries)
     families = ", ".join(f"'{e}'" for e in sorted(FLAG_FAMILIES))
+    own = ", ".join(f"'{e}'" for e in OWN_FLAGS)
     name = "a.split('=')[0].split(' ')[0].split('.')[0].replace('_', '-')"
     return CelRule(
         # [x].all(n, ...) binds n to x: CRD validation has no cel.bind.
-        rule=f"self.all(a, !a.startsWith('-') || [{name}].all(n, ![{listed}].exists(f, "
-        f"f.startsWith(n) || ((f in [{families}] || size(f) == 2) && n.startsWith(f)))))",
+        rule=f"self.all(a, !a.startsWith('-') || [{name}].all(n, n in [{own}] || ![{listed}]"
+        f".exists(f, f.startsWith(n) || ((f in [{families}] || size(f) == 2) && "
+        "n.startsWith(f)))))",
         message=message,
     )
 
@@ -177,10 +195,11 @@ EXTRA_ARGS_ONE_FLAG = CelRule(
 EXTRA_ARGS_DERIVED = _flag_rule(
     DERIVED_FLAGS,
     "extraArgs must not set --model, --served-model-name, --tensor-parallel-size, "
-    "--pipeline-parallel-size, --data-parallel-*, --quantization, --dtype, --kv-cache-dtype, "
-    "--max-model-len, --gpu-memory-utilization, --host, --port, --uds or --headless, in any "
-    "spelling or abbreviation: kvpilot derives them from spec.model, spec.parallelism and "
-    "spec.runtime",
+    "--pipeline-parallel-size, --data-parallel-*, --prefill-context-parallel-size, --nnodes, "
+    "--node-rank, --master-addr, --master-port, --quantization, --quantization-config, "
+    "--dtype, --kv-cache-dtype, --max-model-len, --gpu-memory-utilization, --host, --port, "
+    "--uds or --headless, in any spelling or abbreviation: kvpilot derives them from "
+    "spec.model, spec.parallelism and spec.runtime",
 )
 EXTRA_ARGS_OPT_IN = _flag_rule(
     OPT_IN_FLAGS,
@@ -193,6 +212,7 @@ EXTRA_ARGS_UNSAFE = _flag_rule(
     "extraArgs must not set --middleware, --ssl-*, --tool-parser-plugin, "
     "--reasoning-parser-plugin, --logits-processors, --worker-cls, --worker-extension-cls, "
     "--scheduler-cls, --distributed-executor-backend, --kv-transfer-config, "
+    "--ec-transfer-config, --model-class-overrides, --logging-config, "
     "--allowed-local-media-path, --log-config-file or --config: they load code or files "
     "from the container (see docs/security.md)",
 )
