@@ -80,13 +80,11 @@ def vllm(vllm_python_path: Path) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize(
-    ("index", "argv"), list(enumerate(s[0] for s in SPELLINGS)), ids=lambda v: str(v)
-)
+@pytest.mark.parametrize(("index", "argv"), list(enumerate(s[0] for s in SPELLINGS)), ids=str)
 def test_spelling_sets_the_flag_in_vllm_and_is_refused(
     vllm: dict[str, Any], index: int, argv: list[str]
 ) -> None:
-    _, dest, value = SPELLINGS[index]
+    value = SPELLINGS[index][2]
     parsed = vllm["parsed"][index]
     assert parsed == {"ok": True, "value": value}, (argv, parsed)
     with pytest.raises(InvalidObjectError) as err:
