@@ -103,6 +103,15 @@ def test_invalid_manifest_is_refused_naming_the_field(
     assert not any(words in refusal for words in NOT_A_REFUSAL), refusal
 
 
+@pytest.mark.parametrize("case", TABLE["accepted"], ids=[c["name"] for c in TABLE["accepted"]])
+def test_ordinary_settings_are_accepted(
+    cluster: Cluster, dry_run_namespace: str, case: dict[str, Any]
+) -> None:
+    """The policy refuses what is hostile, not what ordinary deployments use."""
+    manifest = merge_patch(TABLE["base"], case["patch"])
+    assert apply(cluster, dry_run_namespace, manifest, "--dry-run=server") is None
+
+
 @pytest.mark.parametrize("case", ADMITTED, ids=[c["name"] for c in ADMITTED])
 def test_case_admission_cannot_judge_is_accepted(
     cluster: Cluster, dry_run_namespace: str, case: dict[str, Any]

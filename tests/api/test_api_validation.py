@@ -40,7 +40,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def test_table_is_large_enough() -> None:
     assert len(TABLE["cases"]) >= 60
-    names = [c["name"] for c in [*TABLE["cases"], *TABLE["admitted"]]]
+    names = [c["name"] for key in ("cases", "admitted", "accepted") for c in TABLE[key]]
     assert len(set(names)) == len(names)
 
 
@@ -71,3 +71,9 @@ def test_planner_answers_what_admission_cannot_judge(case: dict[str, Any]) -> No
     fit = fit_service(service_from_manifest(obj))
     assert fit.reason == case["reason"], fit
     assert fit.message  # the condition's message says why
+
+
+@pytest.mark.parametrize("case", TABLE["accepted"], ids=[c["name"] for c in TABLE["accepted"]])
+def test_ordinary_settings_are_accepted(case: dict[str, Any]) -> None:
+    """The policy refuses what is hostile, not what ordinary deployments use."""
+    parse_spec(merge_patch(TABLE["base"], case["patch"])["spec"])
