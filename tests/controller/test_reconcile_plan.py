@@ -262,3 +262,31 @@ def test_node_maintenance_never_lowers_replicas(
     assert cond(plan.status, "Progressing") == ("True", "NodeMaintenance")
     assert cond(plan.status, "Degraded") == degraded
     assert "NodeMaintenance" in reasons(plan)
+
+
+def test_a_replica_that_cannot_start_is_reported_with_the_pods_reason() -> None:
+    first = plan_reconcile(observe())
+    children = served(first, ready=0)
+    children["Deployment"]["status"]["replicas"] = 1
+    waiting = {
+        "metadata": {"name": "x-1", "namespace": "ns"},
+        "spec": {"nodeName": "a"},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "state": {
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": 'secret "hf-token" not found',
+                        }
+                    }
+                }
+            ],
+        },
+    }
+    plan = plan_reconcile(
+        replace(observe(previous=first.status, children=children), pods=(waiting,))
+    )
+    assert cond(plan.status, "Ready") == ("False", "CreateContainerConfigError")
+    assert cond(plan.status, "Degraded") == ("True", "CreateContainerConfigError")

@@ -79,6 +79,19 @@ class Observed:
         return None
 
 
+#: Container waiting reasons that mean a replica will not start without a change.
+CONTAINER_FAILURES = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+    }
+)
+
+
 @dataclass(frozen=True)
 class PodFacts:
     """What the service's pods say about scheduling (from the pod cache)."""
@@ -88,6 +101,9 @@ class PodFacts:
     unschedulable: int = 0
     scheduler_message: str = ""
     nodes: tuple[tuple[str, int], ...] = ()  # node -> pods bound there
+    failing: int = 0  # pods whose container cannot start (missing Secret, bad image, crash loop)
+    failure_reason: str = ""
+    failure_message: str = ""
 
     @classmethod
     def from_pods(cls, pods: Sequence[Mapping[str, Any]]) -> PodFacts:
@@ -98,7 +114,15 @@ class PodFacts:
         ]  # fmt: skip
         nodes: dict[str, int] = {}
         unschedulable, message = 0, ""
+        failing, f_reason, f_message = 0, "", ""
         for p in live:
+            for cs in (p.get("status") or {}).get("containerStatuses") or []:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in CONTAINER_FAILURES:
+                    failing += 1
+                    f_reason = f_reason or str(waiting["reason"])
+                    f_message = f_message or str(waiting.get("message") or "")
+                    break
             node = (p.get("spec") or {}).get("nodeName")
             if node:
                 nodes[node] = nodes.get(node, 0) + 1
@@ -113,6 +137,9 @@ class PodFacts:
             unschedulable=unschedulable,
             scheduler_message=message,
             nodes=tuple(sorted(nodes.items())),
+            failing=failing,
+            failure_reason=f_reason,
+            failure_message=f_message,
         )
 
 
@@ -133,6 +160,11 @@ def serving_conditions(
     unschedulable = (
         f"{pods.unschedulable} pod(s) cannot be scheduled: {pods.scheduler_message}"
         if pods.unschedulable
+        else ""
+    )
+    failing = (
+        f"{pods.failing} pod(s) cannot start ({pods.failure_reason}): {pods.failure_message}"
+        if pods.failing
         else ""
     )
     if placement.option is None or placement.replicas_placed < placement.replicas_wanted:
@@ -188,6 +220,8 @@ def serving_conditions(
         )
     elif pods.unschedulable and pods.bound == 0:
         conds.append(Condition("Ready", "False", "Unschedulable", unschedulable))
+    elif pods.failing:
+        conds.append(Condition("Ready", "False", pods.failure_reason, failing))
     else:
         reason = "ModelLoading" if observed.replicas > 0 else "WaitingForReplicas"
         conds.append(Condition("Ready", "False", reason, f"0/{target} replicas ready"))
@@ -209,6 +243,8 @@ def serving_conditions(
     failure = observed.condition("ReplicaFailure")
     if pods.unschedulable:
         conds.append(Condition("Degraded", "True", "Unschedulable", unschedulable))
+    elif pods.failing:
+        conds.append(Condition("Degraded", "True", pods.failure_reason, failing))
     elif stalled is not None and stalled.get("reason") == "ProgressDeadlineExceeded":
         conds.append(
             Condition(
