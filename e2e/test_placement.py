@@ -86,10 +86,10 @@ def test_six_small_and_one_tp8_run_where_planned(kube: Kube, namespace: str, ord
 
 
 def test_unschedulable_pods_are_reported_honestly(kube: Kube, namespace: str) -> None:
-    """A pod the scheduler cannot place (impossible CPU request) gives Placed=False with the
+    """A pod the scheduler cannot place (a memory request no node has) gives Placed=False with the
     scheduler's reason and Ready=False; it is never reported as loading."""
     obj = service("greedy", "hf://meta-llama/Llama-3.1-8B-Instruct", 1, tensor=1)
-    obj["spec"]["runtime"] = {"cpu": "5000"}
+    obj["spec"]["runtime"] = {"memory": "60Ti"}
     apply(kube, namespace, obj)
     got = wait_for(
         lambda: isvc(kube, namespace, "greedy"),
@@ -98,6 +98,6 @@ def test_unschedulable_pods_are_reported_honestly(kube: Kube, namespace: str) ->
         what="Placed=False Unschedulable",
     )
     placed, ready, degraded = (condition(got, t) for t in ("Placed", "Ready", "Degraded"))
-    assert placed is not None and "Insufficient cpu" in placed["message"]
+    assert placed is not None and "Insufficient memory" in placed["message"]
     assert ready is not None and ready["status"] == "False"
     assert degraded is not None and degraded["status"] == "True"
