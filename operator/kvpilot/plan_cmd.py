@@ -144,13 +144,10 @@ def load_manifests(paths: Iterable[str]) -> list[dict[str, Any]]:
 
 def service_from_object(obj: dict[str, Any]) -> ServiceSpec:
     """Validate the spec as the API server would, then take the planner's view of it."""
-    from kvpilot.api import InvalidObjectError, dump, parse_spec
-
     name = (obj.get("metadata") or {}).get("name", "?")
     try:
-        spec = dump(parse_spec(obj.get("spec") or {}))
-        return service_from_manifest({"metadata": obj.get("metadata") or {}, "spec": spec})
-    except (InvalidObjectError, ValueError) as err:
+        return service_from_manifest(obj)
+    except ValueError as err:
         raise PlanInputError(f"{KIND} {name}: {err}") from err
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kvpilot.api.spec import DEFAULT_MAX_MODEL_LEN, RuntimeSpec
 from kvpilot.planning.gpus import GIB, GPUType
 from kvpilot.planning.models import ModelShape
 
 DEFAULT_KV_TOKENS = 32768
-DEFAULT_MAX_MODEL_LEN = 8192
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+# Defaults of the spec fields come from the API models, declared there once.
+DEFAULT_GPU_MEMORY_UTILIZATION: float = RuntimeSpec.model_fields["gpu_memory_utilization"].default
 KV_BLOCK_TOKENS = 16
 QUANT_GROUP_SIZE = 128
 
