@@ -90,6 +90,11 @@ POOL_TYPES: dict[str, tuple[int, ...]] = {
 PRIORITIES = (0, 10, 100)
 
 
+def variant(source: str, quantization: str) -> str:
+    """The checkpoint to serve a quantization from: AWQ weights live in an `-AWQ` repository."""
+    return f"{source}-AWQ" if quantization == "awq" else source
+
+
 @dataclass(frozen=True)
 class Instance:
     seed: int
@@ -111,11 +116,12 @@ def make_instance(seed: int) -> Instance:
     for i in range(rng.randint(3, 9)):
         source, quants = rng.choice(MODELS)
         prefs = rng.sample(types, rng.randint(1, len(types))) if rng.random() < 0.7 else []
+        quant = rng.choice(quants)
         spec = ServiceSpec(
             name=f"svc-{i}",
-            source=source,
+            source=variant(source, quant),
             serving=ServingConfig(
-                quantization=rng.choice(quants),
+                quantization=quant,
                 max_model_len=rng.choice((4096, 8192, 16384)),
                 target_concurrency=rng.choice((None, None, 1, 2, 8)),
             ),
@@ -366,12 +372,13 @@ def scale_services(count: int, seed: int) -> list[ServiceSpec]:
         prefs = tuple(rng.sample(types, rng.randint(1, 3))) if rng.random() < 0.7 else ()
         low = rng.choice((0, 1, 1, 2))
         high = max(low, rng.randint(1, 8))
+        quant = rng.choice(quants)
         out.append(
             ServiceSpec(
                 name=f"team-{i % 40}/svc-{i:04d}",
-                source=source,
+                source=variant(source, quant),
                 serving=ServingConfig(
-                    quantization=rng.choice(quants),
+                    quantization=quant,
                     max_model_len=rng.choice((4096, 8192, 16384)),
                 ),
                 gpu_types=prefs,

@@ -14,9 +14,9 @@ from kvpilot.planning.pool import PoolPlanner
 from kvpilot.planning.service import ServiceSpec, plan_services
 
 MODELS = (
-    ("hf://meta-llama/Llama-3.1-8B-Instruct", ("none", "fp8", "awq")),
+    ("hf://meta-llama/Llama-3.1-8B-Instruct", ("none", "fp8")),
     ("hf://Qwen/Qwen2.5-7B-Instruct", ("none", "fp8")),
-    ("hf://Qwen/Qwen2.5-32B-Instruct", ("none", "awq")),
+    ("hf://Qwen/Qwen2.5-32B-Instruct-AWQ", ("awq",)),
     ("hf://meta-llama/Llama-3.1-70B-Instruct", ("none", "fp8")),
     ("hf://Qwen/Qwen2.5-1.5B-Instruct", ("none",)),
 )

@@ -32,7 +32,12 @@ from kvpilot.planning.memory import MemoryBreakdown
 from kvpilot.planning.tp import FitOption, FitResult, ModelFits
 
 PlacementReason = Literal[
-    "Placed", "NoGPUTypeFits", "InsufficientCapacity", "Preempted", "UnknownModelShape"
+    "Placed",
+    "NoGPUTypeFits",
+    "InsufficientCapacity",
+    "Preempted",
+    "UnknownModelShape",
+    "InvalidModelConfig",
 ]
 
 
