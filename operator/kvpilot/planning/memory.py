@@ -114,6 +114,16 @@ class MemoryBreakdown:
     kv_capacity_tokens: int
 
     @property
+    def kv_allocated_bytes(self) -> int:
+        """The KV cache vLLM allocates: all the budget leaves (what `kvCacheGiB` reports)."""
+        return self.kv_capacity_tokens * self.kv_bytes_per_token
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Activations, CUDA graphs and runtime overhead."""
+        return self.activation_bytes + self.cuda_graph_bytes + self.runtime_overhead_bytes
+
+    @property
     def required_bytes(self) -> int:
         return self.non_kv_bytes + self.kv_cache_bytes
 
