@@ -616,7 +616,7 @@ class _Holders:
                 held = _listing(
                     [
                         f"{o.demand.name} (priority {o.demand.priority}, "
-                        f"{o.placed * _gpus(o)} GPUs)"
+                        f"{_gpu_count(o.placed * _gpus(o))})"
                         for o in blockers
                     ],
                     blocking,
@@ -625,7 +625,7 @@ class _Holders:
             protected, protecting = self.below_at_minimum(types, priority)
             if protected:
                 held = _listing(
-                    [f"{o.demand.name} ({o.placed * _gpus(o)} GPUs)" for o in protected],
+                    [f"{o.demand.name} ({_gpu_count(o.placed * _gpus(o))})" for o in protected],
                     protecting,
                 )
                 text += f"; lower-priority services keep their minReplicas: {held}"
@@ -703,6 +703,10 @@ def _shortage(
 def _running_key(d: ServiceDemand) -> tuple[str, int]:
     assert d.running is not None
     return (d.running.gpu_type, d.running.tensor_parallel)
+
+
+def _gpu_count(n: int) -> str:
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
 
 def _gpus(s: _State) -> int:
