@@ -1,4 +1,4 @@
-"""PoolPlanner: a re-plan after a few changes reuses the last plan, no worse than a full one."""
+"""PoolPlanner: a re-plan after a few changes reuses the last plan and moves no more replicas."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_fits_are_cached_per_spec() -> None:
 
 @pytest.mark.parametrize("incremental_above", [0, 150])
 @pytest.mark.parametrize("seed", range(6))
-def test_one_change_replans_no_worse_and_with_no_more_churn(
+def test_one_change_replans_validly_with_no_more_churn(
     seed: int, incremental_above: int
 ) -> None:
     """A settled pool (running = the plan), one service scaled. On a small pool the re-plan
