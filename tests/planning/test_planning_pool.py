@@ -91,9 +91,7 @@ def test_fits_are_cached_per_spec() -> None:
 
 @pytest.mark.parametrize("incremental_above", [0, 150])
 @pytest.mark.parametrize("seed", range(6))
-def test_one_change_replans_validly_with_no_more_churn(
-    seed: int, incremental_above: int
-) -> None:
+def test_one_change_replans_validly_with_no_more_churn(seed: int, incremental_above: int) -> None:
     """A settled pool (running = the plan), one service scaled. On a small pool the re-plan
     is a full plan. Forced incremental, it is valid and moves no more replicas than a full
     re-plan (how often it places as much is a figure of `make bench-placement`)."""
