@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "plan" and plan_cmd is not None:
         return int(plan_cmd.run(args))
+    if args.command == "models" and plan_cmd is not None:
+        return int(plan_cmd.run_models(args))
     parser.print_help()
     return 2
 

@@ -20,12 +20,13 @@ import yaml
 
 from kvpilot.planning.inventory import (
     Inventory,
+    InventoryFileError,
     build_inventory,
     nodes_from_inventory_file,
     pods_for_used_gpus,
 )
 from kvpilot.planning.placement import RunningReplicas
-from kvpilot.planning.report import plan_dict, plan_table
+from kvpilot.planning.report import catalog_rows, catalog_table, plan_dict, plan_table
 from kvpilot.planning.service import ServiceSpec, plan_services, service_from_manifest
 
 KIND = "InferenceService"
@@ -74,6 +75,24 @@ def add_parser(subparsers: Any) -> None:
         help="plan from scratch instead of keeping running services on their GPU type",
     )
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    m = subparsers.add_parser(
+        "models",
+        help="list the built-in model catalog the planner sizes models from",
+        description="Models the planner knows by name: parameters, layers, heads, KV cache "
+        "bytes per token, context length and published quantized variants. A model not "
+        "listed needs spec.model.shape.",
+    )
+    m.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """`kvpilot models`: print the catalog."""
+    rows = catalog_rows()
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(catalog_table(rows))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,13 +163,10 @@ def load_manifests(paths: Iterable[str]) -> list[dict[str, Any]]:
 
 def service_from_object(obj: dict[str, Any]) -> ServiceSpec:
     """Validate the spec as the API server would, then take the planner's view of it."""
-    from kvpilot.api import InvalidObjectError, dump, parse_spec
-
     name = (obj.get("metadata") or {}).get("name", "?")
     try:
-        spec = dump(parse_spec(obj.get("spec") or {}))
-        return service_from_manifest({"metadata": obj.get("metadata") or {}, "spec": spec})
-    except (InvalidObjectError, ValueError) as err:
+        return service_from_manifest(obj)
+    except ValueError as err:
         raise PlanInputError(f"{KIND} {name}: {err}") from err
 
 
@@ -176,6 +192,8 @@ def load_inventory_file(path: Path) -> Inventory:
     try:
         data = yaml.safe_load(path.read_text())
         nodes = nodes_from_inventory_file(data if isinstance(data, dict) else {})
+    except InventoryFileError as err:
+        raise PlanInputError(f"inventory {path}:\n  " + "\n  ".join(err.problems)) from err
     except (OSError, yaml.YAMLError, ValueError) as err:
         raise PlanInputError(f"inventory {path}: {err}") from err
     return build_inventory(nodes, pods_for_used_gpus(nodes))

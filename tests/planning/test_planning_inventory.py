@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kvpilot.planning.inventory import (
     Inventory,
+    InventoryFileError,
     NodeGPUs,
     build_inventory,
     is_kvpilot_pod,
@@ -200,3 +203,48 @@ def test_inventory_file_round_trip() -> None:
         ("l4-0", "L4-24GB", 1, 0),
         ("solo", "A100-40GB", 4, 4),
     ]
+
+
+BAD_INVENTORIES: list[tuple[str, list[dict[str, Any]], list[str]]] = [
+    (
+        "GPUs in words",
+        [{"name": "a100", "gpuType": "A100-80GB", "gpus": "eight"}],
+        ["nodes[0] (a100).gpus: 'eight' is not a whole number"],
+    ),
+    (
+        "negative count",
+        [{"name": "l4", "gpuType": "L4", "gpus": 1, "count": -1}],
+        ["nodes[0] (l4).count: -1 is below 1"],
+    ),
+    (
+        "more used than there are",
+        [{"name": "h", "gpuType": "H100-80GB", "gpus": 8, "usedGpus": 9}],
+        ["nodes[0] (h).usedGpus: 9 is more than the node's 8 GPUs"],
+    ),
+    (
+        "one message per bad value, every pool",
+        [
+            {"name": "a", "gpuType": "T4", "gpus": 0},
+            {"gpuType": "L4", "gpus": 1.5, "gpuMemoryMiB": "lots"},
+        ],
+        [
+            "nodes[0] (a).gpus: 0 is below 1",
+            "nodes[0] (a): gpuType: unknown GPU type 'T4' (known: H200-141GB, H100-80GB, "
+            "A100-80GB, A100-40GB, L40S-48GB, A10G-24GB, L4-24GB)",
+            "nodes[1].name: required",
+            "nodes[1].gpus: 1.5 is not a whole number",
+            "nodes[1].gpuMemoryMiB: 'lots' is not a whole number",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("pools", "problems"), [c[1:] for c in BAD_INVENTORIES], ids=[c[0] for c in BAD_INVENTORIES]
+)
+def test_inventory_file_reports_every_bad_value(
+    pools: list[dict[str, Any]], problems: list[str]
+) -> None:
+    with pytest.raises(InventoryFileError) as err:
+        nodes_from_inventory_file({"nodes": pools})
+    assert list(err.value.problems) == problems

@@ -88,6 +88,7 @@ LLAMA_8B = CATALOG["llama-3.1-8b"]
                 head_dim=128,
                 intermediate_size=14336,
                 vocab_size=130000,
+                context_length=131072,
             ),
         ),
         (

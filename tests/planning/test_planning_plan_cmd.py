@@ -198,3 +198,58 @@ def test_cluster_inventory_separates_kvpilot_pods() -> None:
     inventory, running = cluster_inventory(snapshot)
     assert inventory.free_by_type() == {"H100-80GB": 5}
     assert running == {"ml/chat": RunningReplicas("H100-80GB", 4, (("h-0", 1),))}
+
+
+def test_table_shows_node_assignments(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifests, inventory = files
+    main(["plan", "-f", str(manifests), "--inventory", str(inventory)])
+    out = capsys.readouterr().out
+    nodes = out.split("Nodes (replicas per node):\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    data_rc = main(["plan", "-f", str(manifests), "--inventory", str(inventory), "-o", "json"])
+    assert data_rc in (0, 1)
+    data = json.loads(capsys.readouterr().out)
+    expected = [
+        f"  {s['name']}: " + ", ".join(f"{n} x{c}" for n, c in s["nodes"].items())
+        for s in data["services"]
+        if s["nodes"]
+    ]
+    assert nodes == expected and expected
+
+
+def test_bad_inventory_values_each_get_a_line(
+    tmp_path: Path, files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifests, _ = files
+    bad = tmp_path / "inventory.yaml"
+    bad.write_text(
+        "nodes:\n"
+        "  - {name: a100, gpuType: A100-80GB, gpus: eight}\n"
+        "  - {name: l4, gpuType: L4, gpus: 1, count: -1}\n"
+        "  - {name: h100, gpuType: H100-80GB, gpus: 8, usedGpus: 9}\n"
+    )
+    assert main(["plan", "-f", str(manifests), "--inventory", str(bad)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"kvpilot plan: inventory {bad}:",
+        "  nodes[0] (a100).gpus: 'eight' is not a whole number",
+        "  nodes[1] (l4).count: -1 is below 1",
+        "  nodes[2] (h100).usedGpus: 9 is more than the node's 8 GPUs",
+    ]
+
+
+def test_models_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "-o", "json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    llama = rows["llama-3.1-8b"]
+    assert (llama["layers"], llama["kvHeads"], llama["kvBytesPerToken"]) == (32, 8, 131072)
+    assert llama["contextLength"] == 131072
+    assert {
+        "repository": "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4",
+        "quantization": "awq",
+    } in llama["quantizedVariants"]
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["MODEL", "PARAMS"]
+    row = next(line.split() for line in table if line.startswith("llama-3.1-70b "))
+    assert row == ["llama-3.1-70b", "70.55", "80", "64", "8", "327680", "131072", "awq,fp8,gptq"]

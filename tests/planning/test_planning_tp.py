@@ -19,6 +19,7 @@ from kvpilot.planning.tp import (
 DEFAULT_POOL = {"H100-80GB": 8, "A100-80GB": 8, "L4-24GB": 1}
 L8 = "hf://meta-llama/Llama-3.1-8B-Instruct"
 L70 = "hf://meta-llama/Llama-3.1-70B-Instruct"
+L70_AWQ = "hf://hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
 
 
 @pytest.mark.parametrize(
@@ -66,7 +67,7 @@ Where = tuple[Sequence[str], Mapping[str, int]]
         ),
         # AWQ fits one GPU, on either 80 GB type, in preference order.
         (
-            L70,
+            L70_AWQ,
             ServingConfig(quantization="awq"),
             "auto",
             (["A100-80GB", "H100-80GB"], DEFAULT_POOL),
@@ -98,22 +99,31 @@ Where = tuple[Sequence[str], Mapping[str, int]]
         (L70, ServingConfig(), 2, (["H100-80GB"], DEFAULT_POOL), [("H100-80GB", 2, True)]),
         # No preference: cheapest replica first among the pool's types.
         (
-            L70,
+            L70_AWQ,
             ServingConfig(quantization="awq"),
             "auto",
             ([], DEFAULT_POOL),
             [("A100-80GB", 1, False), ("H100-80GB", 1, False)],
         ),
+        # A KV cache 5 % short of the target on the cheapest type is within tolerance.
         (
             L8,
             ServingConfig(),
+            "auto",
+            ([], DEFAULT_POOL),
+            [("L4-24GB", 1, True), ("A100-80GB", 1, False), ("H100-80GB", 1, False)],
+        ),
+        # 33 % short is not: full options first.
+        (
+            L8,
+            ServingConfig(gpu_memory_utilization=0.85),
             "auto",
             ([], DEFAULT_POOL),
             [("A100-80GB", 1, False), ("H100-80GB", 1, False), ("L4-24GB", 1, True)],
         ),
         # Only GPU types present in the pool are considered.
         (
-            L70,
+            L70_AWQ,
             ServingConfig(quantization="awq"),
             "auto",
             ([], {"H100-80GB": 8, "A100-80GB": 8}),
@@ -146,7 +156,7 @@ def test_fit_options(
 
 def test_cost_table_breaks_ties() -> None:
     result = fit_model(
-        L70,
+        L70_AWQ,
         ServingConfig(quantization="awq"),
         max_gpus_per_node={"H100-80GB": 8, "A100-80GB": 8},
         costs={"H100-80GB": 0.5},
@@ -229,7 +239,9 @@ def test_no_fit_message_explains_each_type() -> None:
     assert result.message == (
         "no GPU type fits the model: L4-24GB: at TP1 needs 143.2 GiB per GPU (weights 131.4 GiB, "
         "KV cache 10.0 GiB for 4 x 8192 tokens, activations and overhead 1.8 GiB) but the budget "
-        "is 20.2 GiB (0.9 x 22.5 GiB) (TP2/4/8 exceed the 1 GPU of one L4-24GB node)"
+        "is 20.2 GiB (0.9 x 22.5 GiB) (TP2/4/8 exceed the 1 GPU of one L4-24GB node); even "
+        "the largest TP on one L4-24GB node (1) is too small: the model needs more than one "
+        "node, and multi-node serving is not supported yet"
     )
 
 

@@ -103,6 +103,13 @@ class ModelShape(KvModel):
     tied_embeddings: bool | None = Field(
         None, description="Whether the LM head shares the input embedding's weights."
     )
+    context_length: int | None = Field(
+        None,
+        ge=1,
+        le=10_485_760,
+        description="Longest sequence the model supports (its max_position_embeddings); "
+        "the planner refuses a maxModelLen above it, as vLLM would.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> ModelShape:

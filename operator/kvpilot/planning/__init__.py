@@ -1,13 +1,14 @@
 """GPU placement planner (pure): model memory, TP choice, GPU inventory, multi-service placement.
 
-Typical use by the controller:
+Typical use by the controller, which keeps one PoolPlanner for the life of the process:
 
+    planner = PoolPlanner()
     inventory = build_inventory(node_dicts, pod_dicts, exclude_pod=is_kvpilot_pod)
     running = running_replicas(kvpilot_pod_dicts, inventory)
-    services = [service_from_manifest(obj) for obj in inference_service_dicts]
-    plan = plan_services(services, inventory, running=running)
+    services = [service_spec(isvc) for isvc in parsed_inference_services]
+    plan = planner.plan(services, inventory, running)
     placement = plan.service("namespace/name")   # gpu_type, tensor_parallel, replicas_placed,
-                                                 # memory, reason, message
+                                                 # nodes, memory, reason, message
 """
 
 from kvpilot.planning.gpus import GPU_TYPES, GPUType, gpu_type, gpu_type_for_product
@@ -42,11 +43,21 @@ from kvpilot.planning.placement import (
     RunningReplicas,
     ServiceDemand,
     ServicePlacement,
+    moved_replicas,
     pin_running,
     plan_placement,
+    running_from_plan,
     running_replicas,
 )
-from kvpilot.planning.service import ServiceSpec, fit_service, plan_services, service_from_manifest
+from kvpilot.planning.pool import PoolPlanner
+from kvpilot.planning.service import (
+    ServiceSpec,
+    fit_service,
+    plan_services,
+    service_from_manifest,
+    service_spec,
+    service_spec_of,
+)
 from kvpilot.planning.tp import (
     FitOption,
     FitResult,
@@ -72,6 +83,7 @@ __all__ = [
     "NodeGPUs",
     "PlacementPlan",
     "PlacementReason",
+    "PoolPlanner",
     "RunningReplicas",
     "ServiceDemand",
     "ServicePlacement",
@@ -90,6 +102,7 @@ __all__ = [
     "gpu_type_for_product",
     "is_kvpilot_pod",
     "kv_bytes_per_token",
+    "moved_replicas",
     "nodes_from_inventory_file",
     "pin_running",
     "plan_placement",
@@ -97,7 +110,10 @@ __all__ = [
     "pod_gpu_request",
     "pods_for_used_gpus",
     "resolve_shape",
+    "running_from_plan",
     "running_replicas",
     "service_from_manifest",
+    "service_spec",
+    "service_spec_of",
     "weight_bytes",
 ]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kvpilot.planning.gpus import gpu_type, gpu_type_for_product
+from kvpilot.planning.gpus import GPU_TYPES, gpu_type, gpu_type_for_product
 
 GPU_RESOURCE = "nvidia.com/gpu"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -145,24 +145,52 @@ def pod_gpu_request(pod: Mapping[str, Any]) -> int:
     return max(main, init)
 
 
+class InventoryFileError(ValueError):
+    """An inventory file with bad values; `problems` has one line per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(problems))
+
+
 def nodes_from_inventory_file(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Node dicts from an inventory file (the format of e2e/clusters/*.yaml).
 
     `nodes: [{name, count, gpuType | gpuProduct, gpuMemoryMiB, gpus, ...}]`; a pool with
     `count` becomes nodes `<name>-0 .. <name>-<count-1>`, as the dev cluster names them.
     `usedGpus` (optional) marks GPUs already taken by other workloads on each node.
+    Every bad value is reported (`InventoryFileError`), none is dropped or guessed.
     """
     pools = data.get("nodes")
     if not isinstance(pools, list):
-        raise ValueError("an inventory needs a 'nodes' list")
+        raise InventoryFileError(["an inventory needs a 'nodes' list"])
+    problems: list[str] = []
     out: list[dict[str, Any]] = []
-    for pool in pools:
-        if not isinstance(pool, Mapping) or "name" not in pool or "gpus" not in pool:
-            raise ValueError(f"inventory node pool {pool!r} needs 'name' and 'gpus'")
-        product, memory = _pool_product(pool)
+    for i, pool in enumerate(pools):
+        where = f"nodes[{i}]"
+        if not isinstance(pool, Mapping):
+            problems.append(f"{where}: expected a mapping, got {pool!r}")
+            continue
+        if not pool.get("name"):
+            problems.append(f"{where}.name: required")
+        else:
+            where = f"nodes[{i}] ({pool['name']})"
+        gpus = _whole(pool, "gpus", where, problems, required=True, least=1)
+        count = _whole(pool, "count", where, problems, required=False, least=1)
+        used = _whole(pool, "usedGpus", where, problems, required=False, least=0)
+        _whole(pool, "gpuMemoryMiB", where, problems, required=False, least=1)
+        if gpus is not None and used is not None and used > gpus:
+            problems.append(f"{where}.usedGpus: {used} is more than the node's {gpus} GPUs")
+        try:
+            product, memory = _pool_product(pool)
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        if gpus is None or not pool.get("name"):
+            continue
         names = (
-            [f"{pool['name']}-{i}" for i in range(int(pool["count"]))]
-            if "count" in pool
+            [f"{pool['name']}-{k}" for k in range(count)]
+            if count is not None
             else [str(pool["name"])]
         )
         for name in names:
@@ -172,12 +200,38 @@ def nodes_from_inventory_file(data: Mapping[str, Any]) -> list[dict[str, Any]]:
             node: dict[str, Any] = {
                 "metadata": {"name": name, "labels": labels},
                 "spec": {"taints": [{"key": GPU_RESOURCE, "effect": "NoSchedule"}]},
-                "status": {"allocatable": {GPU_RESOURCE: str(pool["gpus"])}},
+                "status": {"allocatable": {GPU_RESOURCE: str(gpus)}},
             }
-            if pool.get("usedGpus"):
-                node["usedGpus"] = int(pool["usedGpus"])
+            if used:
+                node["usedGpus"] = used
             out.append(node)
+    if problems:
+        raise InventoryFileError(problems)
     return out
+
+
+def _whole(
+    pool: Mapping[str, Any],
+    key: str,
+    where: str,
+    problems: list[str],
+    *,
+    required: bool,
+    least: int,
+) -> int | None:
+    """A whole-number field of an inventory pool, or None (with a problem if it is bad)."""
+    if key not in pool:
+        if required:
+            problems.append(f"{where}.{key}: required")
+        return None
+    value = pool[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{where}.{key}: {value!r} is not a whole number")
+        return None
+    if value < least:
+        problems.append(f"{where}.{key}: {value} is below {least}")
+        return None
+    return value
 
 
 def pods_for_used_gpus(nodes: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -203,11 +257,10 @@ def _pool_product(pool: Mapping[str, Any]) -> tuple[str, int | None]:
     if pool.get("gpuType"):
         known = gpu_type(str(pool["gpuType"]))
         if known is None:
-            raise ValueError(
-                f"inventory node pool {pool['name']!r}: unknown gpuType {pool['gpuType']!r}"
-            )
+            names = ", ".join(g.name for g in GPU_TYPES)
+            raise ValueError(f"gpuType: unknown GPU type {pool['gpuType']!r} (known: {names})")
         return known.products[0], memory if memory is not None else known.memory_mib
-    raise ValueError(f"inventory node pool {pool['name']!r} needs gpuType or gpuProduct")
+    raise ValueError("needs gpuType or gpuProduct")
 
 
 def _exclusion(node: Mapping[str, Any], tolerated: set[str], product: str, known: bool) -> str:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kvpilot.api.spec import DEFAULT_MAX_MODEL_LEN, RuntimeSpec
 from kvpilot.planning.gpus import GIB, GPUType
 from kvpilot.planning.models import ModelShape
 
 DEFAULT_KV_TOKENS = 32768
-DEFAULT_MAX_MODEL_LEN = 8192
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+# Defaults of the spec fields come from the API models, declared there once.
+DEFAULT_GPU_MEMORY_UTILIZATION: float = RuntimeSpec.model_fields["gpu_memory_utilization"].default
 KV_BLOCK_TOKENS = 16
 QUANT_GROUP_SIZE = 128
 
@@ -111,6 +112,16 @@ class MemoryBreakdown:
     max_model_len: int
     target_sequences: int
     kv_capacity_tokens: int
+
+    @property
+    def kv_allocated_bytes(self) -> int:
+        """The KV cache vLLM allocates: all the budget leaves (what `kvCacheGiB` reports)."""
+        return self.kv_capacity_tokens * self.kv_bytes_per_token
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Activations, CUDA graphs and runtime overhead."""
+        return self.activation_bytes + self.cuda_graph_bytes + self.runtime_overhead_bytes
 
     @property
     def required_bytes(self) -> int:

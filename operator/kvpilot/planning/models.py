@@ -28,6 +28,7 @@ class ModelShape:
     intermediate_size: int | None = None
     vocab_size: int | None = None
     tied_embeddings: bool = False
+    context_length: int | None = None
 
     @property
     def parameters(self) -> int:
@@ -58,6 +59,7 @@ SHAPE_FIELDS: dict[str, str] = {
     "intermediateSize": "intermediate_size",
     "vocabSize": "vocab_size",
     "tiedEmbeddings": "tied_embeddings",
+    "contextLength": "context_length",
 }
 REQUIRED_SHAPE_FIELDS = ("parametersBillions", "layers", "attentionHeads", "kvHeads")
 
@@ -138,8 +140,10 @@ CATALOG: dict[str, ModelShape] = {
     "gemma-2-27b": _s(27.23, 46, 4608, 32, 16, 128, 36864, 256000, tied=True),
     # Phi
     "phi-3-mini": _PHI3_MINI,
+    "phi-3-mini-128k": _PHI3_MINI,
     "phi-3.5-mini": _PHI3_MINI,
     "phi-3-medium": _s(13.96, 40, 5120, 40, 10, 128, 17920, 32064),
+    "phi-3-medium-128k": _s(13.96, 40, 5120, 40, 10, 128, 17920, 32064),
     "phi-4": _s(14.66, 40, 5120, 40, 10, 128, 17920, 100352),
     # DeepSeek-R1 distills reuse their base models' shapes.
     "deepseek-r1-distill-llama-8b": _LLAMA3_8B,
@@ -148,6 +152,154 @@ CATALOG: dict[str, ModelShape] = {
     "deepseek-r1-distill-qwen-14b": _QWEN25_14B,
     "deepseek-r1-distill-qwen-32b": _QWEN25_32B,
 }
+
+# Native context length (max_position_embeddings, or the model card's figure where rope
+# scaling is on by default): vLLM refuses a --max-model-len above it.
+_CONTEXT: dict[str, int] = {
+    "llama-3.2-1b": 131072,
+    "llama-3.2-3b": 131072,
+    "llama-3-8b": 8192,
+    "llama-3.1-8b": 131072,
+    "llama-3-70b": 8192,
+    "llama-3.1-70b": 131072,
+    "llama-3.3-70b": 131072,
+    "llama-3.1-405b": 131072,
+    "llama-2-7b": 4096,
+    "llama-2-13b": 4096,
+    "llama-2-70b": 4096,
+    "qwen2.5-0.5b": 32768,
+    "qwen2.5-1.5b": 32768,
+    "qwen2.5-3b": 32768,
+    "qwen2.5-7b": 32768,
+    "qwen2.5-14b": 32768,
+    "qwen2.5-32b": 32768,
+    "qwen2.5-72b": 32768,
+    "qwen3-4b": 40960,
+    "qwen3-8b": 40960,
+    "qwen3-14b": 40960,
+    "qwen3-32b": 40960,
+    "qwen3-30b-a3b": 40960,
+    "mistral-7b": 32768,
+    "mistral-nemo": 131072,
+    "mistral-small-24b": 32768,
+    "mixtral-8x7b": 32768,
+    "mixtral-8x22b": 65536,
+    "gemma-2-2b": 8192,
+    "gemma-2-9b": 8192,
+    "gemma-2-27b": 8192,
+    "phi-3-mini": 4096,
+    "phi-3-mini-128k": 131072,
+    "phi-3.5-mini": 131072,
+    "phi-3-medium": 4096,
+    "phi-3-medium-128k": 131072,
+    "phi-4": 16384,
+    "deepseek-r1-distill-llama-8b": 131072,
+    "deepseek-r1-distill-llama-70b": 131072,
+    "deepseek-r1-distill-qwen-7b": 131072,
+    "deepseek-r1-distill-qwen-14b": 131072,
+    "deepseek-r1-distill-qwen-32b": 131072,
+}
+CATALOG = {key: replace(shape, context_length=_CONTEXT[key]) for key, shape in CATALOG.items()}
+
+# Quantized checkpoints published for catalog models (repository, weight format); a
+# source whose name declares a format (`-AWQ`, `-GPTQ`, `-FP8`, `-W8A8`) needs no entry.
+QUANTIZED_REPOSITORIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "llama-3.1-8b": (
+        ("hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4", "awq"),
+        ("hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4", "gptq"),
+        ("neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8", "fp8"),
+        ("neuralmagic/Meta-Llama-3.1-8B-Instruct-quantized.w8a8", "int8"),
+    ),
+    "llama-3.1-70b": (
+        ("hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4", "awq"),
+        ("hugging-quants/Meta-Llama-3.1-70B-Instruct-GPTQ-INT4", "gptq"),
+        ("neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "fp8"),
+    ),
+    "llama-3.1-405b": (
+        ("hugging-quants/Meta-Llama-3.1-405B-Instruct-AWQ-INT4", "awq"),
+        ("meta-llama/Llama-3.1-405B-Instruct-FP8", "fp8"),
+    ),
+    "qwen2.5-7b": (
+        ("Qwen/Qwen2.5-7B-Instruct-AWQ", "awq"),
+        ("Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4", "gptq"),
+    ),
+    "qwen2.5-14b": (
+        ("Qwen/Qwen2.5-14B-Instruct-AWQ", "awq"),
+        ("Qwen/Qwen2.5-14B-Instruct-GPTQ-Int4", "gptq"),
+    ),
+    "qwen2.5-32b": (
+        ("Qwen/Qwen2.5-32B-Instruct-AWQ", "awq"),
+        ("Qwen/Qwen2.5-32B-Instruct-GPTQ-Int4", "gptq"),
+    ),
+    "qwen2.5-72b": (
+        ("Qwen/Qwen2.5-72B-Instruct-AWQ", "awq"),
+        ("Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4", "gptq"),
+    ),
+    "qwen3-8b": (("Qwen/Qwen3-8B-AWQ", "awq"), ("Qwen/Qwen3-8B-FP8", "fp8")),
+    "qwen3-32b": (("Qwen/Qwen3-32B-AWQ", "awq"), ("Qwen/Qwen3-32B-FP8", "fp8")),
+    "mistral-7b": (("TheBloke/Mistral-7B-Instruct-v0.2-AWQ", "awq"),),
+    "mixtral-8x7b": (("TheBloke/Mixtral-8x7B-Instruct-v0.1-AWQ", "awq"),),
+}
+# Formats vLLM can only load from a checkpoint made for them; fp8 it can also apply to
+# 16-bit weights at load time.
+CHECKPOINT_FORMATS = ("awq", "gptq", "int8")
+_DECLARED = (("awq", "awq"), ("gptq", "gptq"), ("fp8", "fp8"), ("w8a8", "int8"), ("int8", "int8"))
+
+
+def repository(source: str) -> str:
+    """`org/name` of a source (its path without the scheme), lower case."""
+    return re.sub(r"^[a-z0-9+.-]+://", "", source.strip(), flags=re.IGNORECASE).rstrip("/").lower()
+
+
+def declared_quantization(source: str) -> str | None:
+    """The weight format a source names: a known quantized repository, or a name token."""
+    repo = repository(source)
+    for variants in QUANTIZED_REPOSITORIES.values():
+        for name, quant in variants:
+            if name.lower() == repo:
+                return quant
+    tokens = set(re.split(r"[-_.]+", repo.rsplit("/", 1)[-1]))
+    for token, quant in _DECLARED:
+        if token in tokens:
+            return quant
+    return None
+
+
+def quantization_problem(source: str, quantization: str) -> str | None:
+    """Why vLLM would not load `source` with this quantization, or None.
+
+    A checkpoint that declares a format must be served in it; awq, gptq and int8 need a
+    checkpoint in that format, which an hf:// source must declare (pvc:// and s3://
+    paths are taken at their word).
+    """
+    declared = declared_quantization(source)
+    q = quantization.lower()
+    if declared is not None and declared != q:
+        return (
+            f"{source} holds {declared.upper()} weights, but quantization is {q}: "
+            f"set quantization: {declared}"
+        )
+    if declared is None and q in CHECKPOINT_FORMATS and source.startswith("hf://"):
+        known = [
+            repo
+            for repo, quant in QUANTIZED_REPOSITORIES.get(_catalog_key(source), ())
+            if quant == q
+        ]
+        hint = f"; known {q.upper()} repositories: {', '.join(known)}" if known else ""
+        return (
+            f"quantization {q} needs {q.upper()} weights, but {source} is not a known "
+            f"{q.upper()} repository and its name declares no {q.upper()} variant{hint}"
+        )
+    return None
+
+
+def _catalog_key(source: str) -> str:
+    key = normalize_model_name(source)
+    key = _ALIASES.get(key, key)
+    if "-128k" in repository(source) and f"{key}-128k" in CATALOG:
+        return f"{key}-128k"  # same shape, longer context
+    return key
+
 
 # Alternative base names seen on the hub -> catalog key.
 _ALIASES: dict[str, str] = {
@@ -161,9 +313,7 @@ _ALIASES: dict[str, str] = {
     "mistral-small-24b-instruct": "mistral-small-24b",
     "mistral-small-24b-base": "mistral-small-24b",
     "phi-3-mini-4k": "phi-3-mini",
-    "phi-3-mini-128k": "phi-3-mini",
     "phi-3-medium-4k": "phi-3-medium",
-    "phi-3-medium-128k": "phi-3-medium",
     "qwen2.5-coder-0.5b": "qwen2.5-0.5b",
     "qwen2.5-coder-1.5b": "qwen2.5-1.5b",
     "qwen2.5-coder-3b": "qwen2.5-3b",
@@ -200,9 +350,7 @@ def normalize_model_name(source: str) -> str:
 
 def catalog_shape(source: str) -> ModelShape | None:
     """The catalog shape for a model source, or None when the model is not in the catalog."""
-    key = normalize_model_name(source)
-    key = _ALIASES.get(key, key)
-    return CATALOG.get(key)
+    return CATALOG.get(_catalog_key(source))
 
 
 def resolve_shape(source: str, spec_shape: Mapping[str, Any] | None = None) -> ModelShape:
@@ -237,6 +385,7 @@ def resolve_shape(source: str, spec_shape: Mapping[str, Any] | None = None) -> M
             intermediate_size=_opt_int(given.get("intermediateSize")),
             vocab_size=_opt_int(given.get("vocabSize")),
             tied_embeddings=bool(given.get("tiedEmbeddings", False)),
+            context_length=_opt_int(given.get("contextLength")),
         )
     _validate(source, shape)
     return shape

@@ -19,9 +19,11 @@ come first, so the plan matches where pods are.
 
 from __future__ import annotations
 
+import heapq
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import groupby, islice
 from typing import Any, Literal
 
 from kvpilot.planning.gpus import GIB
@@ -30,7 +32,12 @@ from kvpilot.planning.memory import MemoryBreakdown
 from kvpilot.planning.tp import FitOption, FitResult, ModelFits
 
 PlacementReason = Literal[
-    "Placed", "NoGPUTypeFits", "InsufficientCapacity", "Preempted", "UnknownModelShape"
+    "Placed",
+    "NoGPUTypeFits",
+    "InsufficientCapacity",
+    "Preempted",
+    "UnknownModelShape",
+    "InvalidModelConfig",
 ]
 
 
@@ -106,8 +113,15 @@ class ServicePlacement:
 
 @dataclass(frozen=True)
 class PlacementPlan:
+    """Every service's placement and the free GPUs per node left after it.
+
+    `moves` are the GPU types the local search chose over the greedy pass's
+    (service, GPU type, TP); a later plan can start from them.
+    """
+
     services: tuple[ServicePlacement, ...]
     free: tuple[tuple[str, int], ...]
+    moves: tuple[tuple[str, str, int], ...] = ()
 
     def service(self, name: str) -> ServicePlacement:
         for s in self.services:
@@ -138,6 +152,9 @@ def pin_running(options: Sequence[FitOption], running: RunningReplicas | None) -
 
 
 DEFAULT_SEARCH_BUDGET = 400
+# Trial plans times services: a trial replays the whole greedy pass, so on a large pool
+# the search gets fewer trials (400 trials up to 40 services, 12 at 1,000).
+DEFAULT_SEARCH_WORK = 12_000
 
 
 def plan_placement(
@@ -146,6 +163,9 @@ def plan_placement(
     *,
     keep_running: bool = True,
     search_budget: int = DEFAULT_SEARCH_BUDGET,
+    search_work: int = DEFAULT_SEARCH_WORK,
+    start: Mapping[str, tuple[str, int]] | None = None,
+    search_only: Iterable[str] | None = None,
 ) -> PlacementPlan:
     """Place every service's replicas on the inventory's free GPUs; pure and deterministic.
 
@@ -154,44 +174,76 @@ def plan_placement(
     replicas by priority tier, then more services on their preferred type, then fewer GPUs.
     So a preference yields only to place more replicas, and a running service moves to
     another GPU type only when that places more replicas, never for a tighter packing.
-    `search_budget` caps the number of trial plans.
+    `search_budget` caps the trial plans and `search_work` caps trials x services.
+
+    `start` (service -> (GPU type, TP)) seeds the search with moves an earlier plan kept,
+    and `search_only` limits the search to moves of those services and of services the
+    greedy pass leaves short: `PoolPlanner` uses
+    both to re-plan after a few services changed without repeating the whole search.
     """
     names = [d.name for d in demands]
     if len(set(names)) != len(names):
         raise ValueError("service names in one plan must be unique")
     order = sorted(demands, key=lambda d: (-d.priority, d.name))
     placeable = [d for d in order if isinstance(d.fit, ModelFits)]
-    best = _Run(placeable, inventory, keep_running, {})
-    budget = search_budget
+    forced: dict[str, FitOption] = {}
+    for d in placeable:
+        key = (start or {}).get(d.name)
+        if key is not None:
+            assert isinstance(d.fit, ModelFits)
+            found = next((o for o in d.fit.options if (o.gpu_type, o.tensor_parallel) == key), None)
+            if found is not None:
+                forced[d.name] = found
+    best = _Run(placeable, inventory, keep_running, forced)
+    only = None
+    if search_only is not None:
+        only = set(search_only) | {n for n, st in best.states.items() if st.placed < st.wanted}
+    budget = min(search_budget, search_work // max(1, len(placeable)))
     while budget > 0 and best.short():
-        found = None
-        for moves in _moves(best):
+        found_run = None
+        for moves in _moves(best, only):
             if budget <= 0:
                 break
             budget -= 1
             trial = _Run(placeable, inventory, keep_running, best.forced | dict(moves))
             if _better(trial, best, [best.states[name] for name, _ in moves]):
-                found = trial
+                found_run = trial
                 break
-        if found is None:
+        if found_run is None:
             break
-        best = found
-    results = [_result(d, best.states.get(d.name), best.states, best.pool) for d in demands]
+        best = found_run
+    holders = _Holders(best.states)
+    results = [_result(d, best.states.get(d.name), holders, best.pool) for d in demands]
     return PlacementPlan(
         services=tuple(sorted(results, key=lambda r: r.name)),
-        free=tuple(sorted(best.pool.free.items())),
+        free=tuple(sorted(best.pool.free_by_node().items())),
+        moves=tuple(sorted((n, o.gpu_type, o.tensor_parallel) for n, o in best.forced.items())),
     )
 
 
-def _moves(run: _Run) -> Iterator[tuple[tuple[str, FitOption], ...]]:
-    """Candidate GPU type changes: every single move first, then every pair of moves."""
+def _moves(run: _Run, only: set[str] | None) -> Iterator[tuple[tuple[str, FitOption], ...]]:
+    """Candidate GPU type changes: every single move first, then every pair of moves.
+
+    Singles that can change the outcome on their own come first: a short service to
+    another type, or any service to a type with GPUs left over (freeing room where it
+    was). On a large pool the work budget ends the search after a few trials, so those
+    are the ones tried.
+    """
     states = sorted(run.states.values(), key=lambda st: st.demand.name)
-    singles = [
-        (st.demand.name, option)
-        for st in states
-        for option in st.all_options
-        if option != st.option
-    ]
+    likely: list[tuple[str, FitOption]] = []
+    rest: list[tuple[str, FitOption]] = []
+    for st in states:
+        if only is not None and st.demand.name not in only:
+            continue
+        for option in st.all_options:
+            if option == st.option:
+                continue
+            room = run.pool.total_free(option.gpu_type) >= option.gpus_per_replica
+            if st.placed < st.wanted or room:
+                likely.append((st.demand.name, option))
+            else:
+                rest.append((st.demand.name, option))
+    singles = likely + rest
     for move in singles:
         yield (move,)
     for i, first in enumerate(singles):
@@ -220,91 +272,161 @@ class _Run:
         self.placeable = placeable
         self.forced = dict(forced)
         self.pool = pool = _Pool(inventory)
-        self.states = {d.name: _State(d, keep_running) for d in placeable}
-        everyone = list(self.states.values())
+        self.states = {d.name: _State(d, keep_running, i) for i, d in enumerate(placeable)}
+        self._score: tuple[int, ...] | None = None
+        by_type: dict[str, list[_State]] = {}
         for name, option in forced.items():
             self.states[name].option = option
-        for _, level in groupby(placeable, key=lambda d: d.priority):
-            members = [self.states[d.name] for d in level if d.guaranteed > 0]
+            by_type.setdefault(option.gpu_type, []).append(self.states[name])
+        levels = [
+            [self.states[d.name] for d in level]
+            for _, level in groupby(placeable, key=lambda d: d.priority)
+        ]
+        for level in levels:
+            members = [s for s in level if s.guaranteed > 0]
             for s in members:
                 if s.option is None:
                     s.choose(pool)
-            _round_robin(pool, members, lambda s: s.demand.guaranteed, everyone)
-        for _, level in groupby(placeable, key=lambda d: d.priority):
-            members = [self.states[d.name] for d in level]
-            for s in members:
+                    by_type.setdefault(s.gpu_type, []).append(s)
+            _round_robin(pool, members, lambda s: s.guaranteed, by_type)
+        for level in levels:
+            for s in level:
                 if s.option is None:
                     s.choose(pool)
-            _round_robin(pool, members, lambda s: s.demand.wanted, everyone)
-        for gpu_type in sorted(pool.by_type):
-            _repack(pool, everyone, gpu_type)
+                    by_type.setdefault(s.gpu_type, []).append(s)
+            _round_robin(pool, level, lambda s: s.wanted, by_type)
+        for gpu_type in sorted(pool.types):
+            _repack(pool, by_type.get(gpu_type, []), gpu_type)
 
     def short(self) -> bool:
-        return any(s.placed < s.demand.wanted for s in self.states.values())
+        return any(s.placed < s.wanted for s in self.states.values())
 
     def score(self) -> tuple[int, ...]:
         """Lexicographic: guaranteed replicas by priority level, all replicas by level,
         services on preferred types, fewer GPUs."""
+        if self._score is not None:
+            return self._score
         levels = sorted({d.priority for d in self.placeable}, reverse=True)
-        states = list(self.states.values())
-        guaranteed = [
-            sum(min(s.placed, s.demand.guaranteed) for s in states if s.demand.priority == p)
-            for p in levels
-        ]
-        placed = [sum(s.placed for s in states if s.demand.priority == p) for p in levels]
-        detour = sum(s.all_options.index(s.option) for s in states if s.option in s.all_options)
-        gpus = sum(s.placed * _gpus(s) for s in states)
-        return (*guaranteed, *placed, -detour, -gpus)
+        index = {p: i for i, p in enumerate(levels)}
+        guaranteed = [0] * len(levels)
+        placed = [0] * len(levels)
+        detour = gpus = 0
+        for s in self.states.values():
+            i = index[s.demand.priority]
+            guaranteed[i] += min(s.placed, s.guaranteed)
+            placed[i] += s.placed
+            if s.option is not None and s.option in s.all_options:
+                detour += s.all_options.index(s.option)
+            gpus += s.placed * _gpus(s)
+        self._score = (*guaranteed, *placed, -detour, -gpus)
+        return self._score
+
+
+class _Nodes:
+    """Free GPUs of one GPU type's nodes, bucketed by free count so best fit is cheap."""
+
+    __slots__ = ("buckets", "caps", "failed", "free", "total")
+
+    def __init__(self, free: Mapping[str, int]) -> None:
+        self.free = dict(free)
+        self.total = sum(self.free.values())
+        self.buckets: dict[int, set[str]] = {}
+        # Smallest replica size a repack of this type failed to make room for: the type
+        # only fills up within a pass, so a larger replica cannot fit either.
+        self.failed: int | None = None
+        self.caps: dict[int, int] = {}
+        for node, count in self.free.items():
+            if count > 0:
+                self.buckets.setdefault(count, set()).add(node)
+
+    def take(self, node: str, gpus: int) -> None:
+        self.caps.clear()
+        count = self.free[node]
+        bucket = self.buckets[count]
+        bucket.discard(node)
+        if not bucket:
+            del self.buckets[count]
+        count -= gpus
+        self.free[node] = count
+        self.total -= gpus
+        if count > 0:
+            self.buckets.setdefault(count, set()).add(node)
+
+    def best_fit(self, gpus: int) -> str | None:
+        """The node with the fewest GPUs left over after this replica (then by name)."""
+        sizes = [c for c in self.buckets if c >= gpus]
+        return min(self.buckets[min(sizes)]) if sizes else None
+
+    def capacity(self, gpus: int) -> int:
+        cap = self.caps.get(gpus)
+        if cap is None:
+            cap = self.caps[gpus] = sum(
+                len(nodes) * (count // gpus) for count, nodes in self.buckets.items()
+            )
+        return cap
+
+    def largest(self) -> int:
+        return max(self.buckets, default=0)
 
 
 class _Pool:
     """Mutable free-GPU bookkeeping for one planning run."""
 
     def __init__(self, inventory: Inventory) -> None:
-        self.base_free: dict[str, int] = {}
-        self.by_type: dict[str, list[str]] = {}
+        self.base_free: dict[str, dict[str, int]] = {}
         for node in inventory.usable_nodes:
             assert node.gpu_type is not None
-            self.base_free[node.name] = node.free
-            self.by_type.setdefault(node.gpu_type, []).append(node.name)
-        self.free = dict(self.base_free)
+            self.base_free.setdefault(node.gpu_type, {})[node.name] = node.free
+        self.types = {t: _Nodes(free) for t, free in self.base_free.items()}
+
+    def has_type(self, gpu_type: str) -> bool:
+        return gpu_type in self.types
+
+    def total_free(self, gpu_type: str) -> int:
+        nodes = self.types.get(gpu_type)
+        return nodes.total if nodes is not None else 0
 
     def capacity(self, gpu_type: str, gpus: int) -> int:
         """Replicas of `gpus` GPUs each that still fit: a replica never spans nodes."""
-        return sum(self.free[n] // gpus for n in self.by_type.get(gpu_type, ()))
+        nodes = self.types.get(gpu_type)
+        return nodes.capacity(gpus) if nodes is not None else 0
 
     def largest_block(self, gpu_type: str) -> int:
-        return max((self.free[n] for n in self.by_type.get(gpu_type, ())), default=0)
+        nodes = self.types.get(gpu_type)
+        return nodes.largest() if nodes is not None else 0
 
     def take(self, gpu_type: str, gpus: int, preferred: Mapping[str, int]) -> str | None:
         """Reserve one replica's GPUs: a node the service runs on, else best fit."""
-        node = _best_fit(self.free, self.by_type.get(gpu_type, ()), gpus, preferred)
+        nodes = self.types.get(gpu_type)
+        if nodes is None or nodes.total < gpus:
+            return None
+        node = min(
+            (n for n, left in preferred.items() if left > 0 and nodes.free.get(n, 0) >= gpus),
+            default=None,
+        )
+        if node is None:
+            node = nodes.best_fit(gpus)
         if node is not None:
-            self.free[node] -= gpus
+            nodes.take(node, gpus)
         return node
 
-
-def _best_fit(
-    free: Mapping[str, int], nodes: Iterable[str], gpus: int, preferred: Mapping[str, int]
-) -> str | None:
-    fitting = [n for n in nodes if free[n] >= gpus]
-    if not fitting:
-        return None
-    running = [n for n in fitting if preferred.get(n, 0) > 0]
-    if running:
-        return min(running)
-    return min(fitting, key=lambda n: (free[n] - gpus, n))
+    def free_by_node(self) -> dict[str, int]:
+        return {n: c for nodes in self.types.values() for n, c in nodes.free.items()}
 
 
 class _State:
-    def __init__(self, demand: ServiceDemand, keep_running: bool) -> None:
+    def __init__(self, demand: ServiceDemand, keep_running: bool, rank: int) -> None:
         assert isinstance(demand.fit, ModelFits)
         self.demand = demand
+        self.rank = rank  # position in priority order
+        self.wanted = demand.wanted
+        self.guaranteed = demand.guaranteed
         running = demand.running if keep_running else None
         self.all_options = list(demand.fit.options)
         self.options = pin_running(demand.fit.options, running)
         self.option: FitOption | None = None
         self.nodes: dict[str, int] = {}
+        self.placed = 0
         self.running: dict[str, int] = {}
         if running is not None and len(self.options) == 1:
             pinned = self.options[0]
@@ -320,12 +442,12 @@ class _State:
         return len(self.options) == 1
 
     @property
-    def placed(self) -> int:
-        return sum(self.nodes.values())
+    def gpu_type(self) -> str:
+        assert self.option is not None
+        return self.option.gpu_type
 
     def choose(self, pool: _Pool) -> None:
-        d = self.demand
-        need, want = max(1, d.guaranteed), max(1, d.wanted)
+        need, want = max(1, self.guaranteed), max(1, self.wanted)
         caps = [pool.capacity(o.gpu_type, o.gpus_per_replica) for o in self.options]
         for threshold in (want, need):
             for option, cap in zip(self.options, caps, strict=True):
@@ -335,19 +457,22 @@ class _State:
         best = max(range(len(caps)), key=lambda i: (caps[i], -i))
         self.option = self.options[best]
 
-    def place_one(self, pool: _Pool, states: Sequence[_State]) -> bool:
+    def place_one(self, pool: _Pool, by_type: Mapping[str, Sequence[_State]]) -> bool:
         """Add one replica: best fit on the current layout, else by repacking the GPU type."""
         assert self.option is not None
-        node = pool.take(self.option.gpu_type, self.option.gpus_per_replica, self.running_left)
+        gpu_type, gpus = self.option.gpu_type, self.option.gpus_per_replica
+        node = pool.take(gpu_type, gpus, self.running_left)
         if node is None:
-            return _repack(pool, states, self.option.gpu_type, extra=self)
+            return _repack(pool, by_type.get(gpu_type, []), gpu_type, extra=self)
         self.nodes[node] = self.nodes.get(node, 0) + 1
+        self.placed += 1
         if self.running_left.get(node, 0) > 0:
             self.running_left[node] -= 1
         return True
 
     def set_nodes(self, nodes: Mapping[str, int]) -> None:
         self.nodes = {n: c for n, c in nodes.items() if c}
+        self.placed = sum(self.nodes.values())
         self.running_left = {
             n: c - self.nodes.get(n, 0) for n, c in self.running.items() if c > self.nodes.get(n, 0)
         }
@@ -360,38 +485,50 @@ def _repack(
 
     Replicas keep the nodes they run on; the rest go largest first, so TP8 replicas take
     whole nodes before small ones fill the gaps. `extra` asks room for one more replica.
+    A repack is skipped when it cannot succeed: fewer free GPUs than the replica needs,
+    or an earlier repack of this pass already failed for a replica as large.
     """
-    members = [
-        st
-        for st in states
-        if st.option is not None
-        and st.option.gpu_type == gpu_type
-        and (st.placed > 0 or st is extra)
-    ]
-    free = {n: pool.base_free[n] for n in pool.by_type.get(gpu_type, ())}
+    current = pool.types.get(gpu_type)
+    if current is None:
+        return False
+    if extra is not None:
+        need = _gpus(extra)
+        if current.total < need or (current.failed is not None and need >= current.failed):
+            return False
+    members = sorted((st for st in states if st.placed > 0 or st is extra), key=lambda st: st.rank)
+    nodes = _Nodes(pool.base_free[gpu_type])
     layout: dict[str, dict[str, int]] = {st.demand.name: {} for st in members}
-    queue: list[_State] = []
+    queue: list[tuple[_State, int]] = []
     for st in members:
         assert st.option is not None
         gpus = st.option.gpus_per_replica
         count = st.placed + (1 if st is extra else 0)
         for node, running in sorted(st.running.items()):
-            keep = min(running, count, free.get(node, 0) // gpus)
+            keep = min(running, count, nodes.free.get(node, 0) // gpus)
+            for _ in range(keep):
+                nodes.take(node, gpus)
             if keep > 0:
-                free[node] -= keep * gpus
                 layout[st.demand.name][node] = keep
                 count -= keep
-        queue.extend([st] * count)
-    queue.sort(key=lambda st: (-_gpus(st), -st.demand.priority, st.demand.name))
-    for st in queue:
-        found = _best_fit(free, free.keys(), _gpus(st), {})
-        if found is None:
-            return False
-        free[found] -= _gpus(st)
-        layout[st.demand.name][found] = layout[st.demand.name].get(found, 0) + 1
+        if count > 0:
+            queue.append((st, count))
+    queue.sort(key=lambda item: (-_gpus(item[0]), -item[0].demand.priority, item[0].demand.name))
+    for st, count in queue:
+        gpus = _gpus(st)
+        where = layout[st.demand.name]
+        for _ in range(count):
+            found = nodes.best_fit(gpus)
+            if found is None:
+                if extra is not None:
+                    need = _gpus(extra)
+                    current.failed = need if current.failed is None else min(current.failed, need)
+                return False
+            nodes.take(found, gpus)
+            where[found] = where.get(found, 0) + 1
     for st in members:
         st.set_nodes(layout[st.demand.name])
-    pool.free.update(free)
+    nodes.failed = current.failed
+    pool.types[gpu_type] = nodes
     return True
 
 
@@ -399,20 +536,18 @@ def _round_robin(
     pool: _Pool,
     members: list[_State],
     target: Callable[[_State], int],
-    states: Sequence[_State],
+    by_type: Mapping[str, Sequence[_State]],
 ) -> None:
     active = [s for s in members if s.placed < target(s)]
     while active:
         still = []
         for s in active:
-            if s.place_one(pool, states) and s.placed < target(s):
+            if s.place_one(pool, by_type) and s.placed < target(s):
                 still.append(s)
         active = still
 
 
-def _result(
-    d: ServiceDemand, s: _State | None, states: Mapping[str, _State], pool: _Pool
-) -> ServicePlacement:
+def _result(d: ServiceDemand, s: _State | None, holders: _Holders, pool: _Pool) -> ServicePlacement:
     if s is None:
         assert not isinstance(d.fit, ModelFits)
         return ServicePlacement(
@@ -435,7 +570,7 @@ def _result(
         if option.reduced_kv:
             message += "; " + _reduced_note(option.memory)
     else:
-        reason, message = _shortage(d, s, option, states, pool)
+        reason, message = _shortage(d, s, option, holders, pool)
     if s.running and (option.gpu_type, option.tensor_parallel) != _running_key(d):
         gpu, tp = _running_key(d)
         message += f"; moves from {gpu} at TP{tp}, where fewer replicas fit"
@@ -452,54 +587,114 @@ def _result(
     )
 
 
-def _shortage(
-    d: ServiceDemand, s: _State, option: FitOption, states: Mapping[str, _State], pool: _Pool
-) -> tuple[PlacementReason, str]:
-    placed, gpus = s.placed, option.gpus_per_replica
-    types = {o.gpu_type for o in s.options}
-    blockers = sorted(
-        (
-            other
-            for other in states.values()
-            if other.demand.priority > d.priority
-            and other.option is not None
-            and other.option.gpu_type in types
-            and other.placed > 0
-        ),
+_LISTED = 5
+
+
+class _Holders:
+    """Who holds each GPU type, sorted by priority: the shortage messages' raw material."""
+
+    def __init__(self, states: Mapping[str, _State]) -> None:
+        by_type: dict[str, list[_State]] = {}
+        for st in states.values():
+            if st.option is not None and st.placed > 0:
+                by_type.setdefault(st.option.gpu_type, []).append(st)
+        self.all = {t: _ByPriority(m) for t, m in by_type.items()}
+        self.at_minimum = {
+            t: _ByPriority([o for o in m if o.placed <= o.guaranteed]) for t, m in by_type.items()
+        }
+        self._explained: dict[tuple[tuple[str, ...], int], tuple[bool, str]] = {}
+
+    def explain(self, types: tuple[str, ...], priority: int) -> tuple[bool, str]:
+        """Whether higher-priority services hold these types, and who holds them (cached:
+        short services of one priority on the same types share it)."""
+        key = (types, priority)
+        found = self._explained.get(key)
+        if found is None:
+            text = ""
+            blockers, blocking = self.above(types, priority)
+            if blockers:
+                held = _listing(
+                    [
+                        f"{o.demand.name} (priority {o.demand.priority}, "
+                        f"{_gpu_count(o.placed * _gpus(o))})"
+                        for o in blockers
+                    ],
+                    blocking,
+                )
+                text += f"; higher-priority services hold {held}"
+            protected, protecting = self.below_at_minimum(types, priority)
+            if protected:
+                held = _listing(
+                    [f"{o.demand.name} ({_gpu_count(o.placed * _gpus(o))})" for o in protected],
+                    protecting,
+                )
+                text += f"; lower-priority services keep their minReplicas: {held}"
+            found = self._explained[key] = (bool(blockers), text)
+        return found
+
+    def above(self, types: Iterable[str], priority: int) -> tuple[list[_State], int]:
+        """The first few holders of these types with a higher priority, and how many."""
+        ranges = [(h, 0, h.first_at_or_below(priority)) for t in types if (h := self.all.get(t))]
+        return _first(ranges), sum(end for _, _, end in ranges)
+
+    def below_at_minimum(self, types: Iterable[str], priority: int) -> tuple[list[_State], int]:
+        """The first few lower-priority holders of these types that hold only their guarantee."""
+        ranges = [
+            (h, h.first_below(priority), len(h.members))
+            for t in types
+            if (h := self.at_minimum.get(t))
+        ]
+        return _first(ranges), sum(end - begin for _, begin, end in ranges)
+
+
+class _ByPriority:
+    def __init__(self, members: Iterable[_State]) -> None:
+        self.members = sorted(members, key=lambda o: (-o.demand.priority, o.demand.name))
+        self.keys = [-o.demand.priority for o in self.members]
+
+    def first_at_or_below(self, priority: int) -> int:
+        return bisect_left(self.keys, -priority)
+
+    def first_below(self, priority: int) -> int:
+        return bisect_right(self.keys, -priority)
+
+
+def _first(ranges: Sequence[tuple[_ByPriority, int, int]]) -> list[_State]:
+    if len(ranges) == 1:
+        h, begin, end = ranges[0]
+        return h.members[begin:end][:_LISTED]
+    merged = heapq.merge(
+        *(h.members[begin:end][:_LISTED] for h, begin, end in ranges),
         key=lambda o: (-o.demand.priority, o.demand.name),
     )
-    preempted = d.preemptible and placed < d.min_replicas and bool(blockers)
+    return list(islice(merged, _LISTED))
+
+
+def _listing(shown: Sequence[str], total: int) -> str:
+    """The first few names of a long list, and how many more there are."""
+    more = total - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _shortage(
+    d: ServiceDemand, s: _State, option: FitOption, holders: _Holders, pool: _Pool
+) -> tuple[PlacementReason, str]:
+    placed, gpus = s.placed, option.gpus_per_replica
+    types = tuple(sorted({o.gpu_type for o in s.options}))
+    blocked, held = holders.explain(types, d.priority)
+    preempted = d.preemptible and placed < d.min_replicas and blocked
     below_min = " (below minReplicas)" if placed < d.min_replicas else ""
     message = (
         f"{placed} of {d.wanted} replicas placed{below_min} on {option.gpu_type} at "
         f"TP{option.tensor_parallel}: each replica needs {gpus} GPU{'s' if gpus > 1 else ''} "
         f"on one node, and "
     )
-    if not pool.by_type.get(option.gpu_type):
+    if not pool.has_type(option.gpu_type):
         message += f"the pool has no schedulable {option.gpu_type} nodes"
     else:
         block = pool.largest_block(option.gpu_type)
         message += f"the largest free block of {option.gpu_type} is {block}"
-    if blockers:
-        held = ", ".join(
-            f"{o.demand.name} (priority {o.demand.priority}, {o.placed * _gpus(o)} GPUs)"
-            for o in blockers
-        )
-        message += f"; higher-priority services hold {held}"
-    protected = sorted(
-        (
-            other
-            for other in states.values()
-            if other.demand.priority < d.priority
-            and other.option is not None
-            and other.option.gpu_type in types
-            and 0 < other.placed <= other.demand.guaranteed
-        ),
-        key=lambda o: (-o.demand.priority, o.demand.name),
-    )
-    if protected:
-        held = ", ".join(f"{o.demand.name} ({o.placed * _gpus(o)} GPUs)" for o in protected)
-        message += f"; lower-priority services keep their minReplicas: {held}"
+    message += held
     if preempted:
         message = "preempted: " + message
     return ("Preempted" if preempted else "InsufficientCapacity"), message
@@ -508,6 +703,10 @@ def _shortage(
 def _running_key(d: ServiceDemand) -> tuple[str, int]:
     assert d.running is not None
     return (d.running.gpu_type, d.running.tensor_parallel)
+
+
+def _gpu_count(n: int) -> str:
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
 
 def _gpus(s: _State) -> int:
@@ -569,3 +768,37 @@ def running_from_nodes(
     for node in nodes:
         counts[node] = counts.get(node, 0) + 1
     return RunningReplicas(gpu_type, tensor_parallel, tuple(sorted(counts.items())))
+
+
+def running_from_plan(plan: PlacementPlan) -> dict[str, RunningReplicas]:
+    """The replicas a plan puts on nodes, as if they were running (what-if and churn)."""
+    return {
+        s.name: RunningReplicas(s.option.gpu_type, s.option.tensor_parallel, s.nodes)
+        for s in plan.services
+        if s.option is not None and s.nodes
+    }
+
+
+def moved_replicas(before: PlacementPlan, after: PlacementPlan) -> dict[str, int]:
+    """Replicas per service that a change of plan restarts elsewhere (services with moves).
+
+    A replica moves when its service keeps running but on another node, or on another GPU
+    type or TP (every replica that stays in service restarts then); replicas only added or
+    only removed are scaling, not moves.
+    """
+    old = {s.name: s for s in before.services}
+    out: dict[str, int] = {}
+    for s in after.services:
+        prev = old.get(s.name)
+        if prev is None or not prev.nodes or not s.nodes:
+            continue
+        if (prev.gpu_type, prev.tensor_parallel) != (s.gpu_type, s.tensor_parallel):
+            moved = min(prev.replicas_placed, s.replicas_placed)
+        else:
+            was, now = dict(prev.nodes), dict(s.nodes)
+            removed = sum(max(0, c - now.get(n, 0)) for n, c in was.items())
+            added = sum(max(0, c - was.get(n, 0)) for n, c in now.items())
+            moved = min(removed, added)
+        if moved:
+            out[s.name] = moved
+    return out

@@ -11,13 +11,29 @@ from kvpilot.planning.memory import MemoryBreakdown
 from kvpilot.planning.placement import PlacementPlan, ServicePlacement
 
 
+def gpu_memory(mem: MemoryBreakdown) -> dict[str, float]:
+    """Per-GPU memory as status.placement.memory reports it, in GiB (two decimals).
+
+    `kvCacheGiB` means one thing everywhere (status, `kvpilot plan` table and JSON): the
+    KV cache vLLM will allocate, i.e. what the budget leaves after weights and overhead.
+    """
+    return {
+        "weightsGiB": _gib(mem.weights_bytes),
+        "kvCacheGiB": _gib(mem.kv_allocated_bytes),
+        "overheadGiB": _gib(mem.overhead_bytes),
+        "totalGiB": _gib(mem.weights_bytes + mem.kv_allocated_bytes + mem.overhead_bytes),
+        "capacityGiB": _gib(mem.budget_bytes),
+    }
+
+
 def memory_dict(mem: MemoryBreakdown) -> dict[str, Any]:
     """Per-GPU memory in GiB (two decimals) plus the KV figures that explain it."""
     return {
         "gpuMemoryGiB": _gib(mem.gpu_memory_bytes),
         "budgetGiB": _gib(mem.budget_bytes),
         "weightsGiB": _gib(mem.weights_bytes),
-        "kvCacheGiB": _gib(mem.kv_cache_bytes),
+        "kvCacheGiB": _gib(mem.kv_allocated_bytes),
+        "kvTargetGiB": _gib(mem.kv_cache_bytes),
         "activationGiB": _gib(mem.activation_bytes),
         "cudaGraphGiB": _gib(mem.cuda_graph_bytes),
         "runtimeOverheadGiB": _gib(mem.runtime_overhead_bytes),
@@ -109,17 +125,17 @@ def plan_table(plan: PlacementPlan, inventory: Inventory) -> str:
                 f"{s.replicas_placed}/{s.replicas_wanted}",
                 str(s.gpus_used),
                 _cell(mem.weights_bytes) if mem else "-",
-                _cell(mem.kv_capacity_tokens * mem.kv_bytes_per_token) if mem else "-",
-                _cell(mem.activation_bytes + mem.cuda_graph_bytes + mem.runtime_overhead_bytes)
-                if mem
-                else "-",
+                _cell(mem.kv_allocated_bytes) if mem else "-",
+                _cell(mem.overhead_bytes) if mem else "-",
                 _cell(mem.budget_bytes) if mem else "-",
                 s.reason,
             )
         )
     lines = _columns(rows)
     lines.append("")
-    lines.append("Memory is per GPU in GiB; KV CACHE is what the budget leaves for it.")
+    lines.append(
+        "Memory is per GPU in GiB; KV CACHE is what vLLM allocates: all the budget leaves."
+    )
     pool = [("GPU TYPE", "NODES", "GPUS", "FREE", "PLANNED", "FREE AFTER")]
     for row in pool_rows(plan, inventory):
         pool.append(
@@ -140,6 +156,13 @@ def plan_table(plan: PlacementPlan, inventory: Inventory) -> str:
         if s.reason != "Placed" or (s.option is not None and s.option.reduced_kv)
     ]
     excluded = [f"  {n.name}: {n.excluded}" for n in inventory.nodes if n.excluded]
+    placed = [
+        f"  {s.name}: " + ", ".join(f"{node} x{count}" for node, count in s.nodes)
+        for s in plan.services
+        if s.nodes
+    ]
+    if placed:
+        lines += ["", "Nodes (replicas per node):", *placed]
     if notes:
         lines += ["", "Why:", *notes]
     if excluded:
@@ -158,3 +181,69 @@ def _cell(value: int) -> str:
 
 def _gib(value: int) -> float:
     return round(value / GIB, 2)
+
+
+def catalog_rows() -> list[dict[str, Any]]:
+    """The model catalog as `kvpilot models` lists it, one row per catalog entry."""
+    from kvpilot.planning.memory import kv_bytes_per_token
+    from kvpilot.planning.models import CATALOG, QUANTIZED_REPOSITORIES
+
+    rows = []
+    for key in sorted(CATALOG):
+        shape = CATALOG[key]
+        rows.append(
+            {
+                "name": key,
+                "parametersBillions": shape.parameters_billions,
+                "activeParametersBillions": shape.active_parameters_billions,
+                "layers": shape.layers,
+                "attentionHeads": shape.attention_heads,
+                "kvHeads": shape.kv_heads,
+                "headDim": shape.head_dim,
+                "kvBytesPerToken": kv_bytes_per_token(shape),
+                "contextLength": shape.context_length,
+                "quantizedVariants": [
+                    {"repository": repo, "quantization": quant}
+                    for repo, quant in QUANTIZED_REPOSITORIES.get(key, ())
+                ],
+            }
+        )
+    return rows
+
+
+def catalog_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = (
+        "MODEL",
+        "PARAMS (B)",
+        "LAYERS",
+        "HEADS",
+        "KV HEADS",
+        "KV B/TOKEN",
+        "CONTEXT",
+        "QUANTIZED",
+    )
+    table = [header]
+    for r in rows:
+        params = f"{r['parametersBillions']:g}"
+        if r["activeParametersBillions"] is not None:
+            params += f" ({r['activeParametersBillions']:g} active)"
+        variants = sorted({v["quantization"] for v in r["quantizedVariants"]})
+        table.append(
+            (
+                r["name"],
+                params,
+                str(r["layers"]),
+                str(r["attentionHeads"]),
+                str(r["kvHeads"]),
+                str(r["kvBytesPerToken"]),
+                str(r["contextLength"] or "-"),
+                ",".join(variants) or "-",
+            )
+        )
+    lines = _columns(table)
+    lines.append("")
+    lines.append(
+        "KV B/TOKEN is per token at a 16-bit KV cache on one GPU (an fp8 KV cache halves it); "
+        "-o json lists the quantized repositories."
+    )
+    return "\n".join(lines)

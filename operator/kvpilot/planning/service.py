@@ -1,9 +1,8 @@
 """The planner's view of an InferenceService, and the one-call entry point `plan_services`.
 
-`service_from_manifest` reads the spec fields the planner needs from a plain dict (a
-parsed YAML manifest, the object the API returns, or an API model's
-`model_dump(by_alias=True)`), applying the API's defaults, so the planner does not
-depend on how the API package models them.
+`service_spec` builds it from the typed API model (`kvpilot.api.parse.InferenceService`),
+so every default comes from the API's own models; `service_from_manifest` parses a plain
+dict (a YAML manifest, an object from the API server) with the API's parser first.
 """
 
 from __future__ import annotations
@@ -12,14 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvpilot.api.parse import InferenceService, parse_spec
+from kvpilot.api.spec import InferenceServiceSpec
 from kvpilot.planning.inventory import Inventory
-from kvpilot.planning.memory import (
-    DEFAULT_GPU_MEMORY_UTILIZATION,
-    DEFAULT_MAX_MODEL_LEN,
-    ServingConfig,
-)
+from kvpilot.planning.memory import ServingConfig
 from kvpilot.planning.placement import PlacementPlan, RunningReplicas, ServiceDemand, plan_placement
 from kvpilot.planning.tp import FitResult, fit_model
+
+DEFAULT_NAMESPACE = "default"
 
 
 @dataclass(frozen=True)
@@ -39,53 +38,57 @@ class ServiceSpec:
     desired_replicas: int | None = None
 
 
-def service_from_manifest(obj: Mapping[str, Any]) -> ServiceSpec:
-    """ServiceSpec from an InferenceService object (camelCase keys, API defaults applied)."""
-    meta: Mapping[str, Any] = obj.get("metadata") or {}
-    spec: Mapping[str, Any] = obj.get("spec") or {}
-    model: Mapping[str, Any] = spec.get("model") or {}
-    runtime: Mapping[str, Any] = spec.get("runtime") or {}
-    placement: Mapping[str, Any] = spec.get("placement") or {}
-    scaling: Mapping[str, Any] = spec.get("scaling") or {}
-    parallelism: Mapping[str, Any] = spec.get("parallelism") or {}
-    name = str(meta.get("name") or "")
-    if not name:
-        raise ValueError("InferenceService without metadata.name")
-    source = model.get("source")
-    if not source:
-        raise ValueError(f"InferenceService {name}: spec.model.source is required")
+def service_spec(isvc: InferenceService) -> ServiceSpec:
+    """The planner's view of a parsed InferenceService."""
+    return service_spec_of(isvc.namespace, isvc.name, isvc.spec)
+
+
+def service_spec_of(namespace: str, name: str, spec: InferenceServiceSpec) -> ServiceSpec:
+    """The planner's view of a parsed spec; `namespace/name` names it in the plan."""
+    model, runtime, placement, scaling = spec.model, spec.runtime, spec.placement, spec.scaling
     serving = ServingConfig(
-        quantization=str(model.get("quantization") or "none"),
-        dtype=str(model.get("dtype") or "auto"),
-        kv_cache_dtype=str(model.get("kvCacheDtype") or "auto"),
-        max_model_len=int(model.get("maxModelLen") or DEFAULT_MAX_MODEL_LEN),
-        gpu_memory_utilization=float(
-            runtime.get("gpuMemoryUtilization") or DEFAULT_GPU_MEMORY_UTILIZATION
-        ),
-        max_num_seqs=_opt_int(runtime.get("maxNumSeqs")),
-        max_num_batched_tokens=_opt_int(runtime.get("maxNumBatchedTokens")),
-        target_concurrency=_opt_int(placement.get("targetConcurrency")),
+        quantization=model.quantization,
+        dtype=model.dtype,
+        kv_cache_dtype=model.kv_cache_dtype,
+        max_model_len=model.max_model_len,
+        gpu_memory_utilization=runtime.gpu_memory_utilization,
+        max_num_seqs=runtime.max_num_seqs,
+        max_num_batched_tokens=runtime.max_num_batched_tokens,
+        target_concurrency=placement.target_concurrency,
     )
-    min_replicas = int(scaling.get("minReplicas", 1))
-    max_replicas = max(min_replicas, int(scaling.get("maxReplicas", 1)))
-    desired = _opt_int(spec.get("replicas"))
+    min_replicas, max_replicas = scaling.min_replicas, scaling.max_replicas
+    desired = spec.replicas
     if desired is not None:
         # spec.replicas (the scale subresource) is the one source of truth: a count set
         # by hand outside the autoscaling bounds (e.g. 0 to park a model) is honoured.
         min_replicas, max_replicas = min(min_replicas, desired), max(max_replicas, desired)
+    shape = model.shape.model_dump(by_alias=True, exclude_none=True) if model.shape else None
     return ServiceSpec(
-        name=f"{meta.get('namespace') or 'default'}/{name}",
-        source=str(source),
+        name=f"{namespace}/{name}",
+        source=model.source,
         serving=serving,
-        shape=model.get("shape") or None,
-        tensor=parallelism.get("tensor", "auto"),
-        gpu_types=tuple(str(t) for t in placement.get("gpuTypes") or ()),
-        priority=int(placement.get("priority") or 0),
-        preemptible=bool(placement.get("preemptible") or False),
+        shape=shape or None,
+        tensor=spec.parallelism.tensor,
+        gpu_types=tuple(placement.gpu_types),
+        priority=placement.priority,
+        preemptible=placement.preemptible,
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         desired_replicas=desired,
     )
+
+
+def service_from_manifest(obj: Mapping[str, Any]) -> ServiceSpec:
+    """ServiceSpec from an InferenceService dict, validated by the API's parser.
+
+    Raises `kvpilot.api.InvalidObjectError` (a ValueError) naming every bad field.
+    """
+    meta: Mapping[str, Any] = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    if not name:
+        raise ValueError("InferenceService without metadata.name")
+    spec = parse_spec(obj.get("spec") or {})
+    return service_spec_of(str(meta.get("namespace") or DEFAULT_NAMESPACE), name, spec)
 
 
 def fit_service(
@@ -135,7 +138,3 @@ def plan_services(
         for s in services
     ]
     return plan_placement(demands, inventory, keep_running=keep_running)
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)

@@ -9,7 +9,13 @@ replica first by the operator's cost table.
 
 When the KV budget is the spec's derived default (no `targetConcurrency`), a GPU type
 whose every valid TP misses it but that still holds vLLM's minimum (one sequence of
-`maxModelLen`) is kept as a "reduced KV" option, ranked after all full options.
+`maxModelLen`) is kept as a "reduced KV" option. Without a stated preference, options
+rank by replica cost, and a reduced option whose KV cache holds at least
+1 - `REDUCED_KV_TOLERANCE` of the target ranks among the full ones: a cheaper GPU type
+with a KV cache 1 % short beats a dearer one; options further short rank after.
+
+Before any of that, a spec vLLM would refuse is refused here too: `maxModelLen` above the
+model's context length, and a quantization the checkpoint does not hold.
 """
 
 from __future__ import annotations
@@ -20,10 +26,16 @@ from typing import Any, Literal
 
 from kvpilot.planning.gpus import GIB, GPU_TYPES, GPUType, gpu_type
 from kvpilot.planning.memory import MemoryBreakdown, ServingConfig, estimate_memory
-from kvpilot.planning.models import ModelShape, UnknownModelShapeError, resolve_shape
+from kvpilot.planning.models import (
+    ModelShape,
+    UnknownModelShapeError,
+    quantization_problem,
+    resolve_shape,
+)
 
 TP_SIZES = (1, 2, 4, 8)
 DEFAULT_MAX_GPUS_PER_NODE = 8
+REDUCED_KV_TOLERANCE = 0.10
 
 RejectionCode = Literal[
     "UnknownGPUType",
@@ -89,7 +101,34 @@ class UnknownModelShape:
     reason: Literal["UnknownModelShape"] = "UnknownModelShape"
 
 
-FitResult = ModelFits | NoGPUTypeFits | UnknownModelShape
+@dataclass(frozen=True)
+class InvalidModelConfig:
+    """The spec asks for something vLLM refuses for this model (context, weight format)."""
+
+    message: str
+    reason: Literal["InvalidModelConfig"] = "InvalidModelConfig"
+
+
+FitResult = ModelFits | NoGPUTypeFits | UnknownModelShape | InvalidModelConfig
+
+
+def valid_tp_sizes(shape: ModelShape) -> list[int]:
+    """The TP sizes vLLM accepts for this model (before node sizes)."""
+    return [tp for tp in TP_SIZES if valid_tensor_parallel(shape, tp) is None]
+
+
+def model_config_problems(source: str, shape: ModelShape, config: ServingConfig) -> list[str]:
+    """What vLLM would refuse about serving this model with this config."""
+    problems = []
+    if shape.context_length is not None and config.max_model_len > shape.context_length:
+        problems.append(
+            f"maxModelLen {config.max_model_len} exceeds the model's context length of "
+            f"{shape.context_length} tokens (vLLM refuses a longer --max-model-len)"
+        )
+    quant = quantization_problem(source, config.quantization)
+    if quant is not None:
+        problems.append(quant)
+    return problems
 
 
 def valid_tensor_parallel(shape: ModelShape, tp: int) -> str | None:
@@ -152,6 +191,9 @@ def fit_model(
         model = resolve_shape(source, shape)
     except UnknownModelShapeError as err:
         return UnknownModelShape(str(err))
+    problems = model_config_problems(source, model, config)
+    if problems:
+        return InvalidModelConfig("; ".join(problems))
     available = list(max_gpus_per_node) if max_gpus_per_node is not None else None
     types, rejections = candidate_gpu_types(gpu_types, available, costs)
     explicit_tp = _parse_tensor(tensor)
@@ -178,12 +220,21 @@ def fit_model(
             unit = table.get(o.gpu_type, gpu.relative_cost if gpu else 1.0)
             return (unit * o.tensor_parallel, o.gpu_type)
 
-        full.sort(key=replica_cost)
-        reduced.sort(key=replica_cost)
+        near = [o for o in reduced if kv_shortfall(o.memory) <= REDUCED_KV_TOLERANCE]
+        full = sorted(full + near, key=replica_cost)
+        reduced = sorted((o for o in reduced if o not in near), key=replica_cost)
     options = tuple(full + reduced)
     if not options:
         return NoGPUTypeFits(model, tuple(rejections))
     return ModelFits(model, options, tuple(rejections))
+
+
+def kv_shortfall(mem: MemoryBreakdown) -> float:
+    """How far the KV cache vLLM will allocate falls short of the target (0 when it holds it)."""
+    if mem.kv_cache_bytes <= 0:
+        return 0.0
+    allocated = mem.kv_capacity_tokens * mem.kv_bytes_per_token
+    return max(0.0, 1 - allocated / mem.kv_cache_bytes)
 
 
 def _parse_tensor(tensor: int | str) -> int | None:
@@ -221,9 +272,14 @@ def _fit_type(
         for mem in tried:
             if mem.fits_minimum:
                 return FitOption(gpu.name, mem.tensor_parallel, mem, reduced_kv=True), None
+    valid = valid_tp_sizes(model)
     if not tried:
+        listed = ", ".join(str(tp) for tp in valid if tp <= node_max)
+        hint = f"; valid sizes on {gpu.name}: {listed}" if listed else ""
         return None, TypeRejection(
-            gpu.name, "NoValidTensorParallel", f"{gpu.name}: no usable TP ({'; '.join(excluded)})"
+            gpu.name,
+            "NoValidTensorParallel",
+            f"{gpu.name}: no usable TP ({'; '.join(excluded)}){hint}",
         )
     closest = tried[-1]
     code: RejectionCode = (
@@ -234,6 +290,12 @@ def _fit_type(
     message = f"{gpu.name}: {_shortfall(closest)}"
     if excluded:
         message += f" ({'; '.join(excluded)})"
+    largest = max((tp for tp in valid if tp <= node_max), default=0)
+    if explicit_tp is None and closest.tensor_parallel == largest:
+        message += (
+            f"; even the largest TP on one {gpu.name} node ({largest}) is too small: the model "
+            "needs more than one node, and multi-node serving is not supported yet"
+        )
     return None, TypeRejection(gpu.name, code, message, closest)
 
 
