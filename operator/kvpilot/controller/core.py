@@ -30,6 +30,7 @@ from kvpilot.controller.kube import ApiError, Kube
 from kvpilot.controller.metrics import OperatorMetrics
 from kvpilot.controller.settings import Settings
 from kvpilot.objects import merge_patch
+from kvpilot.planning.pool import PoolPlanner
 from kvpilot.reconcile import (
     CHILD_KINDS,
     Event,
@@ -124,6 +125,8 @@ class Controller:
         self.clock = clock
         self.events = EventPoster(kube, instance=settings.identity)
         self.pool: Pool | None = None
+        #: held for the life of the process: re-plans incrementally (one thread at a time)
+        self.planner = PoolPlanner()
         self.synced = False
         self._queue: set[Key] = set()
         self._pool_dirty = True
@@ -254,6 +257,7 @@ class Controller:
             self.view.items("Node"),
             self.view.items("Pod"),
             tenants=self.settings.tenants,
+            planner=self.planner,
         )
         spent = time.perf_counter() - started
         self.metrics.plan_duration.observe(spent)

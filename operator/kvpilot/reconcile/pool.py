@@ -7,14 +7,15 @@ the result between services; each reconcile reads its own slice.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from kvpilot.api.parse import InferenceService, dump
+from kvpilot.api.parse import InferenceService
 from kvpilot.planning.inventory import Inventory, build_inventory, is_kvpilot_pod
 from kvpilot.planning.placement import PlacementPlan, ServicePlacement, running_replicas
-from kvpilot.planning.service import plan_services, service_from_manifest
+from kvpilot.planning.pool import PoolPlanner
+from kvpilot.planning.service import ServiceSpec, service_spec
 from kvpilot.reconcile.tenancy import TenantPolicy
 
 
@@ -56,55 +57,50 @@ def plan_pool(
     *,
     costs: Mapping[str, float] | None = None,
     tenants: TenantPolicy | None = None,
+    planner: PoolPlanner | None = None,
 ) -> Pool:
     """Plan every valid service on the nodes; kvpilot's own pods pin where services run.
 
     The tenant policy caps each namespace's priorities, and a namespace over its GPU
     quota has its lowest-priority services' replicas reduced until it fits, then the
-    pool is planned again (a few rounds at most).
+    pool is planned again (a few rounds at most). ``planner`` (held by the controller
+    for the life of the process) re-plans incrementally; without one, a fresh planner
+    plans from scratch.
     """
     tenants = tenants or TenantPolicy()
+    planner = planner or PoolPlanner(costs=costs)
     inventory = build_inventory(nodes, gpu_pods, exclude_pod=is_kvpilot_pod)
     products: dict[str, str] = {}
     for n in inventory.usable_nodes:
         if n.gpu_type is not None:
             products.setdefault(n.gpu_type, n.product)
-    manifests = {service_key(s.namespace, s.name): _manifest(s, tenants) for s in services}
+    specs = {
+        service_key(s.namespace, s.name): _capped(service_spec(s), s.namespace, tenants)
+        for s in services
+    }
     running = running_replicas([p for p in gpu_pods if is_kvpilot_pod(p)], inventory)
-    plan = _plan(manifests, inventory, running, costs)
+    plan = planner.plan([specs[k] for k in sorted(specs)], inventory, running)
     for _ in range(3):
-        cuts = _quota_cuts(plan, manifests, tenants)
+        cuts = _quota_cuts(plan, tenants)
         if not cuts:
             break
         for key, replicas in cuts.items():
-            scaling = manifests[key]["spec"].setdefault("scaling", {})
-            scaling["maxReplicas"] = replicas
-            scaling["minReplicas"] = min(int(scaling.get("minReplicas", 1)), replicas)
-            manifests[key]["spec"]["replicas"] = replicas
-        plan = _plan(manifests, inventory, running, costs)
+            spec = specs[key]
+            specs[key] = replace(
+                spec,
+                max_replicas=replicas,
+                min_replicas=min(spec.min_replicas, replicas),
+                desired_replicas=replicas,
+            )
+        plan = planner.plan([specs[k] for k in sorted(specs)], inventory, running)
     return Pool(inventory=inventory, plan=plan, products=products)
 
 
-def _manifest(s: InferenceService, tenants: TenantPolicy) -> dict[str, Any]:
-    spec = dump(s.spec)
-    placement = spec.setdefault("placement", {})
-    placement["priority"] = tenants.priority(s.namespace, int(placement.get("priority") or 0))
-    return {"metadata": {"name": s.name, "namespace": s.namespace}, "spec": spec}
+def _capped(spec: ServiceSpec, namespace: str, tenants: TenantPolicy) -> ServiceSpec:
+    return replace(spec, priority=tenants.priority(namespace, spec.priority))
 
 
-def _plan(
-    manifests: Mapping[str, dict[str, Any]],
-    inventory: Inventory,
-    running: Mapping[str, Any],
-    costs: Mapping[str, float] | None,
-) -> PlacementPlan:
-    specs = [service_from_manifest(m) for _, m in sorted(manifests.items())]
-    return plan_services(specs, inventory, running=running, costs=costs)
-
-
-def _quota_cuts(
-    plan: PlacementPlan, manifests: Mapping[str, dict[str, Any]], tenants: TenantPolicy
-) -> dict[str, int]:
+def _quota_cuts(plan: PlacementPlan, tenants: TenantPolicy) -> dict[str, int]:
     """Replica counts that bring each namespace within its GPU quota (lowest priority first)."""
     by_ns: dict[str, list[ServicePlacement]] = {}
     for p in plan.services:

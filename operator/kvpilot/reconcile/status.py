@@ -12,6 +12,7 @@ from kvpilot.api.parse import InferenceService
 from kvpilot.autoscaling.policy import DEFAULT_POLICY, Decision, PolicyConfig
 from kvpilot.conditions import Condition, merge_conditions
 from kvpilot.planning.placement import ServicePlacement
+from kvpilot.planning.report import gpu_memory
 from kvpilot.resources.labels import selector_string
 
 GIB = 1024**3
@@ -33,15 +34,7 @@ def placement_status(p: ServicePlacement, product: str | None = None) -> dict[st
     if p.nodes:
         out["nodes"] = [{"name": n, "replicas": c} for n, c in p.nodes]
     if mem is not None:
-        kv = mem.kv_capacity_tokens * mem.kv_bytes_per_token
-        overhead = mem.activation_bytes + mem.cuda_graph_bytes + mem.runtime_overhead_bytes
-        out["memory"] = {
-            "weightsGiB": round(mem.weights_bytes / GIB, 2),
-            "kvCacheGiB": round(kv / GIB, 2),
-            "overheadGiB": round(overhead / GIB, 2),
-            "totalGiB": round((mem.weights_bytes + kv + overhead) / GIB, 2),
-            "capacityGiB": round(mem.gpu_memory_bytes / GIB, 2),
-        }
+        out["memory"] = gpu_memory(mem)  # one meaning of kvCacheGiB everywhere
     return out
 
 
