@@ -493,3 +493,52 @@ def test_local_search_moves_two_services_at_once() -> None:
         ("y", "Placed", H, 1, 5, 5, (("h-0", 5),)),
         ("z", "Placed", H, 1, 2, 2, (("h-0", 2),)),
     ]
+
+
+@pytest.mark.parametrize(
+    ("preemptible", "expected"),
+    [
+        # A running, non-preemptible minimum is kept, whatever the other's priority.
+        (False, {"t1/a": 8, "t2/b": 0}),
+        # Marked preemptible, it yields to the higher priority.
+        (True, {"t1/a": 0, "t2/b": 8}),
+    ],
+)
+def test_a_running_minimum_is_never_taken_by_another_tenant(
+    preemptible: bool, expected: dict[str, int]
+) -> None:
+    from kvpilot.planning.inventory import build_inventory
+    from kvpilot.planning.placement import running_from_nodes
+    from kvpilot.planning.service import plan_services, service_from_manifest
+
+    node = {
+        "metadata": {
+            "name": "a",
+            "labels": {
+                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                "nvidia.com/gpu.memory": "81920",
+            },
+        },
+        "spec": {},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+    }
+
+    def svc(ns: str, name: str, priority: int, pre: bool) -> Any:
+        return service_from_manifest(
+            {
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                    "parallelism": {"tensor": 1},
+                    "placement": {"priority": priority, "preemptible": pre},
+                    "scaling": {"minReplicas": 8, "maxReplicas": 8},
+                },
+            }
+        )
+
+    plan = plan_services(
+        [svc("t1", "a", 10, preemptible), svc("t2", "b", 1_000_000, False)],
+        build_inventory([node]),
+        running={"t1/a": running_from_nodes("A100-80GB", 1, ["a"] * 8)},
+    )
+    assert {s.name: s.replicas_placed for s in plan.services} == expected

@@ -282,6 +282,14 @@ class _Run:
             [self.states[d.name] for d in level]
             for _, level in groupby(placeable, key=lambda d: d.priority)
         ]
+        # Running, non-preemptible replicas up to minReplicas come first, whatever the
+        # priority: no other service, of any tenant, can take a service's running minimum.
+        protected = [s for level in levels for s in level if s.protected > 0]
+        for s in protected:
+            if s.option is None:
+                s.choose(pool)
+                by_type.setdefault(s.gpu_type, []).append(s)
+        _round_robin(pool, protected, lambda s: s.protected, by_type)
         for level in levels:
             members = [s for s in level if s.guaranteed > 0]
             for s in members:
@@ -302,23 +310,24 @@ class _Run:
         return any(s.placed < s.wanted for s in self.states.values())
 
     def score(self) -> tuple[int, ...]:
-        """Lexicographic: guaranteed replicas by priority level, all replicas by level,
-        services on preferred types, fewer GPUs."""
+        """Lexicographic: protected running minimums, guaranteed replicas by priority
+        level, all replicas by level, services on preferred types, fewer GPUs."""
         if self._score is not None:
             return self._score
         levels = sorted({d.priority for d in self.placeable}, reverse=True)
         index = {p: i for i, p in enumerate(levels)}
         guaranteed = [0] * len(levels)
         placed = [0] * len(levels)
-        detour = gpus = 0
+        detour = gpus = protected = 0
         for s in self.states.values():
+            protected += min(s.placed, s.protected)
             i = index[s.demand.priority]
             guaranteed[i] += min(s.placed, s.guaranteed)
             placed[i] += s.placed
             if s.option is not None and s.option in s.all_options:
                 detour += s.all_options.index(s.option)
             gpus += s.placed * _gpus(s)
-        self._score = (*guaranteed, *placed, -detour, -gpus)
+        self._score = (protected, *guaranteed, *placed, -detour, -gpus)
         return self._score
 
 
@@ -436,6 +445,8 @@ class _State:
             ):
                 self.running = dict(running.nodes)
         self.running_left = dict(self.running)
+        #: running replicas no other service may take: non-preemptible, up to minReplicas
+        self.protected = min(self.guaranteed, sum(self.running.values()))
 
     @property
     def pinned(self) -> bool:
