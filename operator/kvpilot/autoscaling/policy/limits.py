@@ -25,8 +25,9 @@ def rate_limited(
         limited = max(target, spec - max(0, down.max_replicas_per_step - used))
     if limited == target:
         return target, None
-    rules = up if limited > spec else down
-    sign = "+" if limited > spec else "-"
+    # The direction asked for, not the one taken: a used-up budget leaves `limited` at spec.
+    rules = up if target > spec else down
+    sign = "+" if target > spec else "-"
     note = f"rate limit {sign}{rules.max_replicas_per_step} per {rules.period_seconds:g}s"
     return limited, Hold(Constraint.RATE_LIMIT, note)
 
