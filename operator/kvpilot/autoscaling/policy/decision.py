@@ -1,6 +1,6 @@
 """`decide()`: one decision as a composition of its stages.
 
-carry over the state -> (paused | adopt a manual change | at zero) -> evaluate
+the state as of now -> (paused | adopt a manual change | at zero) -> evaluate
 the metrics (fail-static on bad data) -> recommend -> stabilise -> rate-limit
 -> bound -> reason text and the state to keep.
 """
@@ -19,7 +19,7 @@ from kvpilot.autoscaling.policy.contract import (
 )
 from kvpilot.autoscaling.policy.limits import bounded, rate_limited
 from kvpilot.autoscaling.policy.reason import Hold, reason_text
-from kvpilot.autoscaling.policy.recommend import choose
+from kvpilot.autoscaling.policy.recommend import Choice, choose
 from kvpilot.autoscaling.policy.signals import Evaluation, Failure, evaluate
 from kvpilot.autoscaling.policy.stabilize import stabilised
 from kvpilot.autoscaling.policy.state import PolicyState
@@ -31,17 +31,26 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
     Call it on a steady cadence well under the stable window (e.g. every 15 s):
     a longer pause is treated as a gap in the windows.
     """
-    state = _carried_over(config, state, inp.now)
+    decision = _decision(config, state.as_of(config, inp.now), inp)
+    if decision.state == state.pruned(config, inp.now):
+        # Nothing new but entries that aged out: keep the stored state as it is (they go
+        # with the next real change), so a settled service is written once, not once
+        # more for every entry that expires.
+        return replace(decision, state=state)
+    return decision
+
+
+def _decision(config: PolicyConfig, carried: PolicyState, inp: PolicyInput) -> Decision:
     if inp.paused:
-        return _paused(state, inp.spec_replicas)
-    state = _adopted(state, inp)
+        return _paused(carried, inp.spec_replicas)
+    state = _adopted(carried, inp)
     if inp.spec_replicas == 0:
         return _at_zero(state)
     state, sit = _situation(config, state, inp)
     ev = evaluate(config, inp)
     if isinstance(ev, Failure):
         return _fail_static(config, state, inp, sit, ev)
-    return _scale(config, state, inp, sit, ev)
+    return _scale(config, state, inp, sit, ev, carried=carried)
 
 
 @dataclass(frozen=True)
@@ -56,18 +65,6 @@ class _Situation:
     """Starting replicas count as capacity (within the grace after the scale-up)."""
     manual_left: float | None
     """Seconds a manual change of spec.replicas is still held; None when none is."""
-
-
-def _carried_over(config: PolicyConfig, state: PolicyState, now: float) -> PolicyState:
-    """The stored state as of ``now``: old entries dropped, windows forgotten after a pause."""
-    last_rec_at = state.history[-1][0] if state.history else None
-    state = state.pruned(config, now)
-    if state.history_since is not None and (
-        last_rec_at is None or now - last_rec_at > config.stable_window_seconds
-    ):
-        # No decision for a while (operator down): the windows saw nothing of it.
-        state = replace(state, history=(), history_since=None)
-    return state
 
 
 def _adopted(state: PolicyState, inp: PolicyInput) -> PolicyState:
@@ -113,9 +110,15 @@ def _situation(
 
 
 def _scale(
-    config: PolicyConfig, state: PolicyState, inp: PolicyInput, sit: _Situation, ev: Evaluation
+    config: PolicyConfig,
+    state: PolicyState,
+    inp: PolicyInput,
+    sit: _Situation,
+    ev: Evaluation,
+    *,
+    carried: PolicyState,
 ) -> Decision:
-    """A decision on usable metrics."""
+    """A decision on usable metrics; ``carried`` is the state as it came in."""
     now, spec = inp.now, inp.spec_replicas
     # Scale-to-zero needs the feature, minReplicas 0 and a long enough idle spell.
     idle_since = (state.idle_since if state.idle_since is not None else now) if ev.idle else None
@@ -133,7 +136,8 @@ def _scale(
         capacity=max(inp.ready_replicas, ev.reporting, 1) + counted_starting,
         cold_start=sit.in_cold_start,
         may_panic=sit.manual_left is None,
-        panic_last_trigger_at=state.panic_last_trigger_at,
+        # A trigger that held at the last (undated) decision is taken to hold until now.
+        panic_last_trigger_at=now if state.panic_triggered else state.panic_last_trigger_at,
         now=now,
     )
     rec = choice.best.replicas
@@ -161,20 +165,16 @@ def _scale(
     if sit.manual_left is None:
         target, limit = rate_limited(config, state.scale_events, now, spec, target)
         holds += [limit] if limit else []
-    desired, bound = bounded(target, 0 if zero_ok else sit.floor, config.max_replicas)
+    lo = 0 if zero_ok else sit.floor
+    desired, bound = bounded(target, lo, config.max_replicas)
     holds += [bound] if bound else []
+    # Nothing waits when the recommendation, within bounds, is what is applied.
+    settled = bounded(rec, lo, config.max_replicas)[0] == desired
 
     window = f"{choice.window} window, panic mode" if choice.panic else f"{choice.window} window"
-    next_state = replace(
-        state,
-        idle_since=idle_since,
-        panic_last_trigger_at=(
-            (now if choice.triggered else state.panic_last_trigger_at) if choice.panic else None
-        ),
-        panic_since=(
-            (state.panic_since if state.panic_since is not None else now) if choice.panic else None
-        ),
-    )
+    next_state = _next_state(
+        carried, state, choice, now=now, idle_since=idle_since, settled=settled
+    ).after_change(now, spec, desired)
     return Decision(
         desired_replicas=desired,
         current_replicas=spec,
@@ -192,8 +192,39 @@ def _scale(
             kv_cache_utilization=ev.stable.kv_per_replica,
             ttft_seconds=ev.stable.ttft,
         ),
-        state=next_state.after_change(now, spec, desired),
+        state=next_state,
     )
+
+
+def _next_state(
+    carried: PolicyState,
+    state: PolicyState,
+    choice: Choice,
+    *,
+    now: float,
+    idle_since: float | None,
+    settled: bool,
+) -> PolicyState:
+    """The state after a decision on usable metrics, before the change is applied."""
+    last_trigger = now if state.panic_triggered else state.panic_last_trigger_at
+    out = replace(
+        state,
+        idle_since=idle_since,
+        panic_last_trigger_at=(now if choice.triggered else last_trigger) if choice.panic else None,
+        panic_triggered=False,
+        panic_since=(
+            (state.panic_since if state.panic_since is not None else now) if choice.panic else None
+        ),
+    ).marked(now, settled=settled)
+    if choice.triggered:
+        # An overload at maxReplicas triggers panic on every tick. Dating each trigger
+        # would be the only change: say "it still holds" instead, so the state stays put.
+        undated = replace(
+            out, panic_last_trigger_at=carried.panic_last_trigger_at, panic_triggered=True
+        )
+        if replace(undated, panic_triggered=carried.panic_triggered) == carried:
+            return undated
+    return out
 
 
 def _fail_static(
