@@ -255,11 +255,10 @@ def test_scale_down_needs_a_full_window_of_valid_decisions(
     valid_since: float | None = None
     for s in closed_loop(config, start, sequence):
         d = s.decision
-        reset = s.manual or s.tick.paused or s.spec == 0 or d.fail_static
-        if reset:
-            valid_since = None
-        elif valid_since is None:
-            valid_since = s.now
+        if s.tick.paused or s.spec == 0 or d.fail_static:
+            valid_since = None  # the windows are forgotten
+        elif s.manual or valid_since is None:
+            valid_since = s.now  # they restart with this decision
         if d.desired_replicas < min(s.spec, config.max_replicas):
             assert valid_since is not None and s.now - valid_since >= window_s, d.reason
 
