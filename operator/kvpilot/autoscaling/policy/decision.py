@@ -1,6 +1,6 @@
 """`decide()`: one decision as a composition of its stages.
 
-the state as of now -> (paused | adopt a manual change | at zero) -> evaluate
+The state as of now -> (paused | adopt a manual change | at zero) -> evaluate
 the metrics (fail-static on bad data) -> recommend -> stabilise -> rate-limit
 -> bound -> reason text and the state to keep.
 """
@@ -29,7 +29,8 @@ def decide(config: PolicyConfig, state: PolicyState, inp: PolicyInput) -> Decisi
     """Compute one decision. Pure: same inputs, same Decision.
 
     Call it on a steady cadence well under the stable window (e.g. every 15 s):
-    a longer pause is treated as a gap in the windows.
+    a longer pause while a change waits on the windows restarts them. With
+    nothing new observed, the returned state is the one passed in.
     """
     decision = _decision(config, state.as_of(config, inp.now), inp)
     if decision.state == state.pruned(config, inp.now):
