@@ -587,10 +587,11 @@ def test_state_round_trips_through_json() -> None:
         panic_last_trigger_at=NOW - 15,
         manual_at=None,
         idle_since=None,
+        last_decision_at=NOW,
     )
     data = json.loads(json.dumps(state.to_dict()))
     assert data == {
-        "version": 1,
+        "version": 2,
         "lastApplied": 5,
         "history": [[NOW - 30, 5], [NOW - 15, 6]],
         "historySince": NOW - 400,
@@ -598,9 +599,37 @@ def test_state_round_trips_through_json() -> None:
         "coldStartAt": NOW - 15,
         "panicSince": NOW - 45,
         "panicLastTriggerAt": NOW - 15,
+        "lastDecisionAt": NOW,
     }
     assert PolicyState.from_dict(data) == state
     assert PolicyState.from_dict(PolicyState().to_dict()) == PolicyState()
+    settled_state = PolicyState(last_applied=2, history=((NOW - 30, 2),), settled=True)
+    assert settled_state.to_dict() == {
+        "version": 2,
+        "lastApplied": 2,
+        "history": [[NOW - 30, 2]],
+        "settled": True,
+    }
+    assert PolicyState.from_dict(settled_state.to_dict()) == settled_state
+
+
+def test_version_1_state_converts_to_change_points() -> None:
+    """A state stored before change points (one history entry per decision) keeps its
+    meaning: the same windows, and the last entry dates the last decision."""
+    v1 = {
+        "version": 1,
+        "lastApplied": 4,
+        "history": [[NOW - 60, 4], [NOW - 45, 4], [NOW - 30, 3], [NOW - 15, 3]],
+        "historySince": NOW - 400,
+        "idleSince": NOW - 100,
+    }
+    assert PolicyState.from_dict(v1) == PolicyState(
+        last_applied=4,
+        history=((NOW - 60, 4), (NOW - 30, 3)),
+        history_since=NOW - 400,
+        idle_since=NOW - 100,
+        last_decision_at=NOW - 15,
+    )
 
 
 @pytest.mark.parametrize(
@@ -609,12 +638,16 @@ def test_state_round_trips_through_json() -> None:
         None,
         "garbage",
         {},
-        {"version": 2},
+        {"version": 3},
+        {"version": True},
+        {"version": 2, "lastApplied": -1},
+        {"version": 2, "lastApplied": True},
+        {"version": 2, "history": [[1.0]]},
+        {"version": 2, "history": [["x", 1]]},
+        {"version": 2, "history": [[2.0, 1], [1.0, 2]]},
+        {"version": 2, "panicSince": "yesterday"},
+        {"version": 2, "settled": "yes"},
         {"version": 1, "lastApplied": -1},
-        {"version": 1, "lastApplied": True},
-        {"version": 1, "history": [[1.0]]},
-        {"version": 1, "history": [["x", 1]]},
-        {"version": 1, "panicSince": "yesterday"},
     ],
 )
 def test_unusable_state_restores_empty(data: object) -> None:
