@@ -276,7 +276,8 @@ class InvariantWatch:
                 allowed = self._allowed(owner)
             if not any(lo <= replicas <= hi for lo, hi in allowed):
                 self._violation(
-                    f"{owner}: Deployment written with {replicas} replicas, bounds {sorted(allowed)}"
+                    f"{owner}: Deployment written with {replicas} replicas, "
+                    f"bounds {sorted(allowed)}"
                 )
 
     def _on_pods(self, kind: str, pod: dict[str, Any]) -> None:
