@@ -57,15 +57,35 @@ POOL: dict[str, Any] = {
             "gpuProduct": "NVIDIA-L40S",
             "gpuMemoryMiB": 46068,
             "gpus": 2,
-        }
+        },
+        {
+            "name": "chaos-a100",
+            "count": 1,
+            "gpuType": "A100-40GB",
+            "gpuProduct": "NVIDIA-A100-SXM4-40GB",
+            "gpuMemoryMiB": 40960,
+            "gpus": 2,
+        },
     ],
 }
+#: Rollouts go to one service of its own on the A100 node, which keeps a GPU free for the
+#: surge replica: the Deployment rolls with maxSurge 1 / maxUnavailable 0 and the pool plan
+#: reserves no GPU for the surge, so on a full pool a rollout waits for a GPU forever.
+ROLL = "chaos-roll"
+ROLL_GPU_TYPE = "A100-40GB"
 MAX_SERVICES = 4
 ACTIONS = ("create", "scale", "edit", "rollout", "delete", "priority")
 
 
 def service_manifest(
-    name: str, *, replicas: int, lo: int, hi: int, priority: int, max_len: int = 4096
+    name: str,
+    *,
+    replicas: int,
+    lo: int,
+    hi: int,
+    priority: int,
+    max_len: int = 4096,
+    gpu_type: str = GPU_TYPE,
 ) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -74,7 +94,7 @@ def service_manifest(
         "spec": {
             "replicas": replicas,
             "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": max_len},
-            "placement": {"gpuTypes": [GPU_TYPE], "priority": priority},
+            "placement": {"gpuTypes": [gpu_type], "priority": priority},
             "scaling": {"minReplicas": lo, "maxReplicas": hi},
         },
     }
@@ -391,6 +411,8 @@ def converged(kube: Kube, namespace: str, capacity: int) -> list[str]:
     if problems:
         return problems
     # The pool: no GPU idle while a service wants more; higher priority grows first.
+    isvcs = {n: o for n, o in isvcs.items() if GPU_TYPE in o["spec"]["placement"]["gpuTypes"]}
+    placed = {n: placed[n] for n in isvcs}
     wants = {n: int(o["spec"].get("replicas") or _bounds(o)[0]) for n, o in isvcs.items()}
     short = [n for n in isvcs if placed[n] < wants[n]]
     if short and sum(placed.values()) < capacity:
@@ -446,8 +468,9 @@ class Chaos:
         self.rng = random.Random(self.seed)
 
     def services(self) -> dict[str, dict[str, Any]]:
+        """The services that compete for the L40S pool (the rollout service is apart)."""
         items = self.kube.json("get", PLURAL, "-n", self.namespace)["items"]
-        return {o["metadata"]["name"]: o for o in items}
+        return {o["metadata"]["name"]: o for o in items if o["metadata"]["name"] != ROLL}
 
     def _apply(self, obj: dict[str, Any]) -> None:
         self.kube(
@@ -473,6 +496,8 @@ class Chaos:
 
     def act(self, action: str) -> str:
         """Make one change of kind ``action``; returns what it did."""
+        if action == "rollout":
+            return self._rollout()
         svcs = self.services()
         if action == "create" or not svcs:
             if len(svcs) >= MAX_SERVICES:
@@ -495,11 +520,6 @@ class Chaos:
             }
             self._patch(name, patch)
             return f"edit {name} bounds [{new_lo}, {new_hi}] replicas {r}"
-        if action == "rollout":
-            cur = int(obj["spec"]["model"].get("maxModelLen") or 4096)
-            new = 8192 if cur == 4096 else 4096
-            self._patch(name, {"spec": {"model": {"maxModelLen": new}}})
-            return f"rollout {name} maxModelLen {cur} -> {new}"
         if action == "priority":
             cur = int(obj["spec"]["placement"].get("priority") or 0)
             new = 0 if cur else 100
@@ -510,6 +530,13 @@ class Chaos:
             return self.create()
         self.kube("delete", PLURAL, name, "-n", self.namespace, "--wait=false")
         return f"delete {name}"
+
+    def _rollout(self) -> str:
+        roll = self.kube.json("get", PLURAL, ROLL, "-n", self.namespace)
+        cur = int(roll["spec"]["model"].get("maxModelLen") or 4096)
+        new = 8192 if cur == 4096 else 4096
+        self._patch(ROLL, {"spec": {"model": {"maxModelLen": new}}})
+        return f"rollout {ROLL} maxModelLen {cur} -> {new}"
 
     def trial(self, i: int) -> TrialResult:
         action = self.rng.choice(ACTIONS)
@@ -555,6 +582,9 @@ class Chaos:
         # a starting population, settled, so every action has something to act on
         for _ in range(2):
             self.create()
+        self._apply(
+            service_manifest(ROLL, replicas=1, lo=1, hi=1, priority=0, gpu_type=ROLL_GPU_TYPE)
+        )
         wait_for(
             lambda: converged(self.kube, self.namespace, self.capacity),
             lambda p: not p,
@@ -590,7 +620,9 @@ def run_chaos(
     from e2e.operator import OperatorProcess
 
     nodes = add_pool(kube)
-    capacity = sum(int(p["count"]) * int(p["gpus"]) for p in POOL["nodes"])
+    capacity = sum(
+        int(p["count"]) * int(p["gpus"]) for p in POOL["nodes"] if p["gpuType"] == GPU_TYPE
+    )
     log_file = logs / f"operator-chaos-{seed}.log"
     log_file.write_text("")
     op = OperatorProcess(kubeconfig, log_file, repair_interval=10.0)
