@@ -4,6 +4,7 @@ It keeps its Lease, honours Retry-After, and the services still converge."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -77,7 +78,7 @@ def test_operator_converges_through_api_faults(
     # Retry-After is honoured: the retry waits exactly what the server asked for.
     assert re.search(r"Retrying method=\S+ path=\S+ status=429 after=1\.0s", text), counts
     assert "Lost the lease" not in text and "Could not renew" not in text
-    (cluster.layout.logs / "api-faults-e2e.json").write_text(repr(counts))
+    (cluster.layout.logs / "api-faults-e2e.json").write_text(json.dumps(counts, indent=2))
 
 
 def _api_port(cluster: Cluster) -> int:

@@ -14,12 +14,12 @@ from e2e.test_operator import apply, pods_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("operator")]
 
-#: Two nodes of a GPU type only this test asks for: 2 x 2 A10G.
+#: Two nodes of a GPU type only this test asks for: 2 x 2 H200.
 POOL: dict[str, Any] = {
     "podReadyDelaySeconds": 1,
     "nodes": [
-        {"name": "loss-a10g", "count": 2, "gpuType": "A10G-24GB", "gpuProduct": "NVIDIA-A10G",
-         "gpuMemoryMiB": 23028, "gpus": 2},
+        {"name": "loss-h200", "count": 2, "gpuType": "H200-141GB", "gpuProduct": "NVIDIA-H200",
+         "gpuMemoryMiB": 143771, "gpus": 2},
     ],
 }  # fmt: skip
 
@@ -32,7 +32,7 @@ def service(name: str) -> dict[str, Any]:
         "spec": {
             "replicas": 3,
             "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 4096},
-            "placement": {"gpuTypes": ["A10G-24GB"]},
+            "placement": {"gpuTypes": ["H200-141GB"]},
             "scaling": {"minReplicas": 1, "maxReplicas": 3},
         },
     }
