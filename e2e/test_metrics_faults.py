@@ -38,7 +38,7 @@ def manifest(name: str) -> dict[str, Any]:
         "minReplicas": 1,
         "maxReplicas": 3,
         "stableWindowSeconds": 10,
-        "panicWindowSeconds": 4,
+        "panicWindowSeconds": 5,
         "maxMetricAgeSeconds": 10,
         "scaleDown": {
             "stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S,
