@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -68,14 +69,39 @@ def lock_for(key: Key) -> threading.Lock:
 
 
 class EventPoster:
-    """core/v1 Events on InferenceServices, as `kubectl describe` shows them."""
+    """core/v1 Events on InferenceServices, as `kubectl describe` shows them.
+
+    Posted from a background thread in order, so a reconcile never waits on them.
+    """
 
     def __init__(self, kube: Kube, component: str = "kvpilot", instance: str = "") -> None:
         self.kube = kube
         self.component = component
         self.instance = instance
+        self._queue: queue.Queue[tuple[Mapping[str, Any], Event]] = queue.Queue(maxsize=10_000)
+        self._thread: threading.Thread | None = None
 
     def post(self, body: Mapping[str, Any], event: Event) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+            self._thread.start()
+        try:
+            self._queue.put_nowait((body, event))
+        except queue.Full:
+            log.warning("Dropping event reason=%s (queue full)", event.reason)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait (a bounded time) until queued Events are posted; used on shutdown and in tests."""
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _run(self) -> None:
+        while True:
+            body, event = self._queue.get()
+            self.post_now(body, event)
+
+    def post_now(self, body: Mapping[str, Any], event: Event) -> None:
         meta = body["metadata"]
         stamp = now_iso()
         obj = {
@@ -221,10 +247,16 @@ class Controller:
                 self._adopt(pool)
             if self.pool is None or not self._queue:
                 continue
-            keys, self._queue = sorted(self._queue), set()
+            # A chunk at a time, so the pool is re-planned between chunks when a burst of
+            # new services arrives (services created meanwhile are not held back).
+            queued = sorted(self._queue)
+            keys = queued[: self.settings.workers * 4]
+            self._queue.difference_update(keys)
             await asyncio.gather(
                 *(loop.run_in_executor(executor, self.reconcile_safely, k) for k in keys)
             )
+            if self._queue:
+                self._poke()
 
     async def _autoscale_loop(self, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
@@ -390,8 +422,12 @@ class Controller:
         ns, name = obs.namespace, obs.name
         if plan.apply:
             try:
-                for obj in plan.apply:  # all or nothing: validate every object first
-                    self.kube.apply(obj, dry_run=True)
+                # All or nothing: when several objects change, validate the Deployment (the
+                # one built from user-tunable fields) before anything is written.
+                if len(plan.apply) > 1:
+                    for obj in plan.apply:
+                        if obj["kind"] == "Deployment":
+                            self.kube.apply(obj, dry_run=True)
             except ApiError as exc:
                 if exc.status not in (400, 422):
                     raise

@@ -107,7 +107,7 @@ class Kube:
         self.sleep = sleep
         self.pool = urllib3.PoolManager(
             num_pools=4,
-            maxsize=8,
+            maxsize=32,
             cert_reqs="CERT_REQUIRED" if self.cfg.verify_ssl else "CERT_NONE",
             ca_certs=self.cfg.ssl_ca_cert,
             cert_file=self.cfg.cert_file,

@@ -83,7 +83,7 @@ def main(argv: Sequence[str]) -> int:
         help="act at once without a Lease (only when exactly one replica runs)",
     )
     parser.add_argument(
-        "--workers", type=int, default=4, help="reconciles run in parallel (threads)"
+        "--workers", type=int, default=16, help="reconciles run in parallel (threads)"
     )
     parser.add_argument(
         "--tenant-policy",
@@ -125,6 +125,9 @@ def main(argv: Sequence[str]) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if not args.verbose:
+        # kopf logs every handler call at INFO: far too much at a thousand services.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from kvpilot.controller.core import new_identity
     from kvpilot.controller.settings import Settings
 
@@ -262,6 +265,7 @@ def run(settings: Any) -> int:
         finally:
             stop.set()
             await asyncio.gather(work, return_exceptions=True)
+            controller.events.flush()
 
     try:
         asyncio.run(main())

@@ -17,7 +17,7 @@ class Settings:
     repair_interval: float = 30.0
     autoscale_interval: float = 15.0
     replan_debounce: float = 0.5
-    workers: int = 4
+    workers: int = 16
     prometheus_url: str | None = None
     metrics_step: float = 15.0
     templates: PromQLTemplates = field(default_factory=PromQLTemplates)
