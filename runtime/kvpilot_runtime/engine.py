@@ -23,7 +23,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 import zlib
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,14 @@ from dataclasses import dataclass, field
 from kvpilot_runtime.latency import GIB, Batch, ModelShape, PrefillChunk, Profile, step_time
 
 BLOCK_SIZE = 16
+
+
+def _token_bytes(tokens: Sequence[int]) -> bytes:
+    """Token ids as 4-byte little-endian unsigned integers (the block-hash input)."""
+    data = array("I", tokens)
+    if sys.byteorder != "little":
+        data.byteswap()
+    return data.tobytes()
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,28 @@ class StepResult:
     @property
     def end(self) -> float:
         return self.start + self.duration
+
+
+@dataclass(frozen=True)
+class DecodeRun:
+    """Consecutive decode-only steps taken at once (see :meth:`Engine.decode_run`).
+
+    Every request in ``request_ids`` got one token per step; ``finished`` ended at
+    the last step (by length). Step ``j`` started at ``start + sum(durations[:j])``.
+    """
+
+    start: float
+    durations: tuple[float, ...]
+    request_ids: tuple[str, ...]
+    finished: tuple[str, ...]
+
+    @property
+    def steps(self) -> int:
+        return len(self.durations)
+
+    @property
+    def end(self) -> float:
+        return self.start + sum(self.durations)
 
 
 @dataclass(frozen=True)
@@ -303,16 +335,19 @@ class Engine:
 
     def _block_hashes(self, req: _Request) -> list[int]:
         bs = self.config.block_size
-        full = req.num_tokens // bs
-        while len(req.block_hashes) < full:
-            i = len(req.block_hashes)
-            parent = req.block_hashes[-1] if req.block_hashes else 0
-            chunk = req.token_ids[i * bs : (i + 1) * bs]
-            data = parent.to_bytes(8, "little") + b"".join(
-                t.to_bytes(4, "little", signed=False) for t in chunk
-            )
-            req.block_hashes.append(zlib.crc32(data) | (zlib.adler32(data) << 32))
-        return req.block_hashes
+        hashes = req.block_hashes
+        done, full = len(hashes), req.num_tokens // bs
+        if done >= full:
+            return hashes
+        # Each full block's hash chains its parent's; the token bytes are made in one go.
+        data = _token_bytes(req.token_ids[done * bs : full * bs])
+        width = 4 * bs
+        parent = hashes[-1] if hashes else 0
+        for j in range(full - done):
+            chunk = parent.to_bytes(8, "little") + data[j * width : (j + 1) * width]
+            parent = zlib.crc32(chunk) | (zlib.adler32(chunk) << 32)
+            hashes.append(parent)
+        return hashes
 
     def _computed_blocks(self, req: _Request) -> list[int]:
         """Longest cached prefix of full blocks; at least one token is always recomputed."""
@@ -477,6 +512,76 @@ class Engine:
             scheduled=tuple((r.spec.request_id, n) for r, n in scheduled),
             events=tuple(events),
             preempted=tuple(r.spec.request_id for r in preempted),
+        )
+
+    def decode_run(self, now: float, until: float, max_steps: int = 1 << 30) -> DecodeRun | None:
+        """Takes the decode steps that :meth:`step` would take from ``now``, all at once.
+
+        Only while the engine is in a plain decode phase: nothing waits, every
+        running request has its prompt computed, no step jitter. Steps are taken
+        while each starts before ``until`` (the driver's next event that could
+        change the batch, such as an arrival) and up to the step at which the
+        first request finishes. The state afterwards, the step durations and the
+        token counts are those of calling :meth:`step` that many times (only the
+        sampled token ids differ). Returns None when this does not apply; then call
+        :meth:`step`.
+        """
+        cfg = self.config
+        running = self._running
+        if self._waiting or not running or cfg.step_jitter > 0 or until <= now:
+            return None
+        if len(running) > cfg.max_num_batched_tokens:
+            return None
+        k = max_steps
+        for req in running:
+            if req.num_computed_tokens != req.num_tokens - 1:
+                return None
+            k = min(k, req.spec.max_tokens - req.num_output_tokens)
+        if k < 1:
+            return None
+        first = self._batch([(req, 1) for req in running])
+        d0 = step_time(self.profile, self.shape, cfg.tensor_parallel_size, first) * self.slowdown
+        nxt = Batch(decode_contexts=tuple(c + 1 for c in first.decode_contexts))
+        d1 = step_time(self.profile, self.shape, cfg.tensor_parallel_size, nxt) * self.slowdown
+        delta = d1 - d0  # the KV read grows by one token per sequence per step
+        durations: list[float] = []
+        t = now
+        while len(durations) < k and t < until:
+            d = d0 + delta * len(durations)
+            durations.append(d)
+            t += d
+        k = len(durations)
+        bs = cfg.block_size
+        need = sum(
+            max(0, math.ceil((req.num_computed_tokens + k) / bs) - len(req.blocks))
+            for req in running
+        )
+        if need > self._pool.num_free():
+            return None  # preemption ahead: let step() handle it
+        finished: list[_Request] = []
+        rand = self._rng.random
+        caching = cfg.enable_prefix_caching
+        for req in running:
+            total = req.num_computed_tokens + k
+            new_full = min(total, req.num_tokens) // bs > req.num_cached_blocks
+            if math.ceil(total / bs) > len(req.blocks) or (caching and new_full):
+                ok = self._allocate_slots(req, k)
+                assert ok
+            req.num_computed_tokens += k
+            req.token_ids.extend(1 + int(rand() * 31999) for _ in range(k))
+            if req.num_output_tokens >= req.spec.max_tokens:
+                finished.append(req)
+        self._generation_tokens += k * len(running)
+        ids = tuple(r.spec.request_id for r in running)
+        for req in finished:
+            running.remove(req)
+            self._free(req)
+            del self._requests[req.spec.request_id]
+        return DecodeRun(
+            start=now,
+            durations=tuple(durations),
+            request_ids=ids,
+            finished=tuple(r.spec.request_id for r in finished),
         )
 
 

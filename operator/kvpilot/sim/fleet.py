@@ -44,7 +44,7 @@ from kvpilot.resources.plan import render_plan
 from kvpilot.sim.prom import ScrapeLog, range_query
 from kvpilot.sim.scaler import OPERATOR_METRICS_STEP_S, FleetView, Scaler
 from kvpilot.sim.trace import Request
-from kvpilot_runtime.engine import Engine, RequestSpec
+from kvpilot_runtime.engine import DecodeRun, Engine, RequestSpec
 from kvpilot_runtime.latency import available_profiles
 from kvpilot_runtime.server import SimSetup, parse_args, setup_from_args
 
@@ -188,7 +188,8 @@ class SimResult:
     duration_s: float
     requests: RequestResults
     token_gaps: tuple[float, ...]
-    """Every inter-token latency of every request."""
+    """The inter-token latencies of all requests, each seen ``token_gap_counts`` times."""
+    token_gap_counts: tuple[int, ...]
     series: TimeSeries
     scale_events: tuple[ScaleEvent, ...]
     replica_seconds: float
@@ -214,7 +215,7 @@ class SimResult:
 
 # --------------------------------------------------------------------------- simulation
 
-_ARRIVE, _ENTER, _STEP_END, _READY, _SCRAPE, _DECIDE, _SAMPLE, _DRAIN_DEADLINE = range(8)
+_ARRIVE, _ENTER, _STEP_END, _RUN_END, _READY, _SCRAPE, _DECIDE, _SAMPLE, _DRAIN_DEADLINE = range(9)
 
 
 @dataclass(eq=False)
@@ -229,6 +230,8 @@ class _Replica:
     draining: bool = False
     gone: bool = False
     stepping: bool = False
+    pending_enters: int = 0
+    next_scrape: float = 0.0
     outstanding: int = 0
     success: int = 0
     waste_since: float | None = None
@@ -290,6 +293,7 @@ class _Fleet:
         self.ntok = [0] * n
         self.itl_max = [math.nan] * n
         self.gaps: list[float] = []
+        self.gap_counts: list[int] = []
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = 0
         self.replicas: list[_Replica] = []
@@ -312,6 +316,8 @@ class _Fleet:
                 self.clipped += 1
             self.lens.append((p, o))
         self.arrivals_seen = 0
+        self.next_arrival = 0
+        self.next_sample = 0.0
         self.series: dict[str, list[Any]] = {
             k: []
             for k in (
@@ -350,7 +356,8 @@ class _Fleet:
             self.push(rep.ready_at, _READY, rep)
         # Prometheus spreads its targets over the interval; a stable per-pod phase.
         phase = (zlib.crc32(pod.encode()) % 1000) / 1000.0 * self.scrape_interval_s
-        self.push(now + phase, _SCRAPE, rep)
+        rep.next_scrape = now + phase
+        self.push(rep.next_scrape, _SCRAPE, rep)
         self.peak = max(self.peak, sum(1 for r in self.replicas if not r.gone))
         return rep
 
@@ -376,11 +383,14 @@ class _Fleet:
         best.held.add(i)
         best.stop_waste(now)
         if self.frontend > 0:
+            best.pending_enters += 1
             self.push(now + self.frontend, _ENTER, (best, i))
         else:
             self.enter(now, best, i)
 
     def enter(self, now: float, rep: _Replica, i: int) -> None:
+        if self.frontend > 0:
+            rep.pending_enters -= 1
         if rep.gone:
             return
         p, o = self.lens[i]
@@ -389,6 +399,20 @@ class _Fleet:
             self.step(now, rep)
 
     def step(self, now: float, rep: _Replica) -> None:
+        if rep.pending_enters == 0:
+            # Plain decoding until something can change the batch: take those steps at once.
+            nxt = self.next_arrival
+            until = min(
+                self.requests[nxt].arrival_s if nxt < len(self.requests) else math.inf,
+                rep.next_scrape,
+                self.next_sample,
+                self.until if self.until is not None else math.inf,
+            )
+            run = rep.engine.decode_run(now, until)
+            if run is not None:
+                rep.stepping = True
+                self.push(run.end, _RUN_END, (rep, run))
+                return
         res = rep.engine.step(now)
         if not res.scheduled:
             rep.stepping = False
@@ -396,9 +420,39 @@ class _Fleet:
         rep.stepping = True
         self.push(res.end, _STEP_END, (rep, res))
 
+    def run_end(self, now: float, rep: _Replica, run: DecodeRun) -> None:
+        durations = run.durations
+        first_end = run.start + durations[0]
+        k = len(durations)
+        last_tok, ntok, itl_max = self.last_tok, self.ntok, self.itl_max
+        gaps, counts = self.gaps, self.gap_counts
+        longest = max(durations)
+        for rid in run.request_ids:
+            i = int(rid)
+            gap = first_end - last_tok[i]
+            gaps.append(gap)
+            counts.append(1)
+            top = max(gap, longest) if k > 1 else gap
+            if not top <= itl_max[i]:
+                itl_max[i] = top
+            ntok[i] += k
+            last_tok[i] = now
+        n = len(run.request_ids)
+        for d in durations[1:]:
+            gaps.append(d)
+            counts.append(n)
+        for rid in run.finished:
+            i = int(rid)
+            self.finish[i] = now
+            rep.success += 1
+            rep.outstanding -= 1
+            rep.held.discard(i)
+            self.remaining -= 1
+        self.after_step(now, rep)
+
     def step_end(self, now: float, rep: _Replica, res: Any) -> None:
         ttft, last_tok, ntok, itl_max = self.ttft, self.last_tok, self.ntok, self.itl_max
-        gaps, arrival = self.gaps, self.requests
+        gaps, counts, arrival = self.gaps, self.gap_counts, self.requests
         for ev in res.events:
             i = int(ev.request_id)
             if ntok[i] == 0:
@@ -407,6 +461,7 @@ class _Fleet:
             else:
                 gap = now - last_tok[i]
                 gaps.append(gap)
+                counts.append(1)
                 if not gap <= itl_max[i]:
                     itl_max[i] = gap
             ntok[i] += 1
@@ -417,6 +472,9 @@ class _Fleet:
                 rep.outstanding -= 1
                 rep.held.discard(i)
                 self.remaining -= 1
+        self.after_step(now, rep)
+
+    def after_step(self, now: float, rep: _Replica) -> None:
         s = rep.engine.stats()
         rep.reported = (s.num_waiting, s.num_running, s.kv_cache_usage)
         if rep.engine.has_unfinished():
@@ -525,7 +583,8 @@ class _Fleet:
         interval = self.scaler.interval_s
         window = self.scaler.window_s
         self.push(interval, _DECIDE, None)
-        self.push(self.sample_interval_s, _SAMPLE, None)
+        self.next_sample = self.sample_interval_s
+        self.push(self.next_sample, _SAMPLE, None)
         now = 0.0
         heap = self.heap
         pop = heapq.heappop
@@ -539,8 +598,11 @@ class _Fleet:
             now = t
             if kind == _STEP_END:
                 self.step_end(now, obj[0], obj[1])
+            elif kind == _RUN_END:
+                self.run_end(now, obj[0], obj[1])
             elif kind == _ARRIVE:
                 self.arrivals_seen += 1
+                self.next_arrival = obj + 1
                 self.dispatch(now, obj)
             elif kind == _ENTER:
                 self.enter(now, obj[0], obj[1])
@@ -549,7 +611,8 @@ class _Fleet:
                 if not rep.draining and not rep.gone:
                     w, r_, kv = rep.reported
                     rep.log.add(now, w, r_, kv, rep.success)
-                    self.push(now + self.scrape_interval_s, _SCRAPE, rep)
+                    rep.next_scrape = now + self.scrape_interval_s
+                    self.push(rep.next_scrape, _SCRAPE, rep)
             elif kind == _READY:
                 if not obj.gone and not obj.draining:
                     self.on_ready(now, obj)
@@ -564,7 +627,8 @@ class _Fleet:
                     next_progress = now + max(interval, self.horizon / 200)
             elif kind == _SAMPLE:
                 self.sample(now)
-                self.push(now + self.sample_interval_s, _SAMPLE, None)
+                self.next_sample = now + self.sample_interval_s
+                self.push(self.next_sample, _SAMPLE, None)
             elif kind == _DRAIN_DEADLINE and not obj.gone:
                 self.remove(now, obj)
         for rep in self.replicas:
@@ -646,6 +710,7 @@ def simulate(
             aborted=fleet.aborted,
         ),
         token_gaps=tuple(fleet.gaps),
+        token_gap_counts=tuple(fleet.gap_counts),
         series=TimeSeries(
             interval=sample_interval_s,
             t=tuple(s["t"]),
