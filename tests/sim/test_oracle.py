@@ -129,7 +129,10 @@ def test_probe_attainment_falls_with_load() -> None:
 def test_replica_capacity_separates_ok_and_failing_rates() -> None:
     lengths = [(256, 32)] * 200
     slo = Slo(ttft_s=0.5, itl_s=0.1, attainment=0.99)
-    cap, probes = replica_capacity(_tiny_engine, lengths, slo, iterations=6)
+    best, probes = replica_capacity(_tiny_engine, lengths, slo, iterations=6)
+    cap = best.rate_rps
+    assert best.ok
+    assert best.concurrency > 0
     assert probe(_tiny_engine, lengths, cap, slo).ok
     failing = [p.rate_rps for p in probes if not p.ok]
     assert failing

@@ -176,6 +176,8 @@ class CapacityProbe:
     ttft_attainment: float
     itl_attainment: float
     ok: bool
+    concurrency: float = 0.0
+    """Mean requests in the replica (Little's law: rate x mean end-to-end latency)."""
 
 
 def slo_attainment(
@@ -198,8 +200,12 @@ def probe(
     slo: Slo,
     *,
     seed: int = 0,
+    frontend_latency_s: float = 0.0,
 ) -> CapacityProbe:
-    """Runs one replica at a steady Poisson ``rate_rps`` with the given (prompt, output) mix."""
+    """Runs one replica at a steady Poisson ``rate_rps`` with the given (prompt, output) mix.
+
+    ``frontend_latency_s`` is added to every TTFT (the replica's HTTP front end).
+    """
     rng = random.Random(seed)
     t = 0.0
     specs = []
@@ -208,7 +214,8 @@ def probe(
         ids = tuple(rng.randrange(1, 30000) for _ in range(prompt))
         specs.append(RequestSpec(f"p{i}", ids, output, arrival_time=t))
     result = simulate(make_engine(), specs)
-    ttfts = [r.ttft for r in result.records]
+    ttfts = [r.ttft + frontend_latency_s for r in result.records]
+    e2es = [r.e2e + frontend_latency_s for r in result.records]
     itls: list[float | None] = []
     for r in result.records:
         gaps = r.itls
@@ -218,8 +225,13 @@ def probe(
     ttfts += [math.inf] * missing
     itls += [math.inf] * missing
     ttft_ok, itl_ok = slo_attainment(ttfts, itls, slo)
+    concurrency = rate_rps * (sum(e2es) / len(e2es)) if e2es else 0.0
     return CapacityProbe(
-        rate_rps, ttft_ok, itl_ok, ttft_ok >= slo.attainment and itl_ok >= slo.attainment
+        rate_rps,
+        ttft_ok,
+        itl_ok,
+        ttft_ok >= slo.attainment and itl_ok >= slo.attainment,
+        concurrency,
     )
 
 
@@ -232,27 +244,31 @@ def replica_capacity(
     high_rps: float = 200.0,
     iterations: int = 12,
     seed: int = 0,
-) -> tuple[float, list[CapacityProbe]]:
+    frontend_latency_s: float = 0.0,
+) -> tuple[CapacityProbe, list[CapacityProbe]]:
     """The largest steady arrival rate one replica serves within the SLO (bisection).
+
+    Returns the probe at that rate (its ``rate_rps`` is the capacity) and every probe run.
 
     The same exponential draws are scaled for every rate, so the probes differ
     only in the rate and attainment falls with it as the bisection expects.
     """
     probes: list[CapacityProbe] = []
     lo, hi = low_rps, high_rps
-    first = probe(make_engine, lengths, lo, slo, seed=seed)
+    first = probe(make_engine, lengths, lo, slo, seed=seed, frontend_latency_s=frontend_latency_s)
     probes.append(first)
     if not first.ok:
         raise ValueError(
             f"one replica misses the SLO even at {lo:g} requests/s "
             f"(TTFT attainment {first.ttft_attainment:.3f}); the SLO is out of reach"
         )
+    best = first
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
-        p = probe(make_engine, lengths, mid, slo, seed=seed)
+        p = probe(make_engine, lengths, mid, slo, seed=seed, frontend_latency_s=frontend_latency_s)
         probes.append(p)
         if p.ok:
-            lo = mid
+            lo, best = mid, p
         else:
             hi = mid
-    return lo, probes
+    return best, probes
