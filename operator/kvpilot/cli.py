@@ -16,6 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the operator against the current kubeconfig", add_help=False)
     sub.add_parser("crd", help="generate the CustomResourceDefinitions into crds/", add_help=False)
+    sub.add_parser(
+        "simulate", help="replay a request trace through the autoscaling policy", add_help=False
+    )
     import importlib
 
     try:
@@ -36,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kvpilot.api import crd
 
         return crd.main(rest)
+    if command == "simulate":
+        from kvpilot.sim import cli as sim_cli
+
+        return sim_cli.main(rest)
     args = parser.parse_args(argv)
     if args.command == "plan" and plan_cmd is not None:
         return int(plan_cmd.run(args))
