@@ -174,6 +174,8 @@ class RequestResults:
     itl_mean: tuple[float, ...]
     """Mean inter-token latency of the request (NaN with a single output token)."""
     itl_max: tuple[float, ...]
+    replica: tuple[int, ...]
+    """Index of the replica that served the request (-1: never routed)."""
     clipped: int
     """Requests shortened to fit maxModelLen (prompt, then output)."""
     aborted: int
@@ -292,6 +294,7 @@ class _Fleet:
         self.last_tok = [math.nan] * n
         self.ntok = [0] * n
         self.itl_max = [math.nan] * n
+        self.served_by = [-1] * n
         self.gaps: list[float] = []
         self.gap_counts: list[int] = []
         self.heap: list[tuple[float, int, int, Any]] = []
@@ -381,6 +384,7 @@ class _Fleet:
             return
         best.outstanding += 1
         best.held.add(i)
+        self.served_by[i] = best.index
         best.stop_waste(now)
         if self.frontend > 0:
             best.pending_enters += 1
@@ -706,6 +710,7 @@ def simulate(
             e2e=tuple(e2e),
             itl_mean=tuple(itl_mean),
             itl_max=tuple(fleet.itl_max),
+            replica=tuple(fleet.served_by),
             clipped=fleet.clipped,
             aborted=fleet.aborted,
         ),
