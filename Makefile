@@ -8,7 +8,7 @@ export KUBECONFIG ?= $(CURDIR)/.dev-cluster/kubeconfig
 export PATH := $(CURDIR)/.dev-cluster/bin:$(PATH)
 
 .PHONY: help venv vllm-cpu dev-cluster dev-cluster-down dev-cluster-status test test-fast lint demo demo-down crds run \
-        bench-placement bench-fidelity bench-chaos bench-scale
+        bench-placement bench-fidelity bench-chaos bench-scale bench-autoscale
 
 help:
 	@echo "make demo              dev cluster up, chart installed with helm, operator running, examples applied, load"
@@ -83,3 +83,7 @@ bench-chaos: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) bench/scale.py
+
+# kvpilot's default autoscaling policy vs every baseline and the oracle, both Azure traces.
+bench-autoscale: $(STAMP)
+	$(PY) bench/autoscale.py $(BENCH_ARGS)

@@ -19,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser(
         "simulate", help="replay a request trace through the autoscaling policy", add_help=False
     )
+    sub.add_parser("tune", help="search a service's autoscaling knobs on a trace", add_help=False)
     import importlib
 
     try:
@@ -43,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kvpilot.sim import cli as sim_cli
 
         return sim_cli.main(rest)
+    if command == "tune":
+        from kvpilot.sim import tune
+
+        return tune.main(rest)
     args = parser.parse_args(argv)
     if args.command == "plan" and plan_cmd is not None:
         return int(plan_cmd.run(args))
