@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-type", default=None, help="one of the planner's options for the model")
     p.add_argument("--profile", default=None, help="latency profile (default: the GPU type's)")
     p.add_argument(
+        "--gpus-per-node", type=int, default=None, help="GPUs per node (caps tensor parallelism)"
+    )
+    p.add_argument(
         "--cold-start",
         type=float,
         default=DEFAULT_COLD_START_S,
@@ -128,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scaler=scaler,
             gpu_type=args.gpu_type,
             profile=args.profile,
+            gpus_per_node=args.gpus_per_node,
             cold_start_s=args.cold_start,
             scrape_interval_s=args.scrape_interval,
             query_delay_s=args.query_delay,

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvpilot.api.parse import InferenceService, dump
+from kvpilot.planning.gpus import GPU_TYPES
 from kvpilot.planning.gpus import gpu_type as lookup_gpu_type
-from kvpilot.planning.service import fit_service, service_from_manifest
-from kvpilot.planning.tp import ModelFits
+from kvpilot.planning.service import service_from_manifest
+from kvpilot.planning.tp import ModelFits, fit_model
 from kvpilot.resources.deployment import vllm_args
 from kvpilot.resources.plan import render_plan
 from kvpilot.sim.prom import ScrapeLog, range_query
@@ -86,15 +87,29 @@ def fleet_setup(
     gpu_type: str | None = None,
     profile: str | None = None,
     sim_args: Sequence[str] = (),
+    gpus_per_node: int | None = None,
 ) -> FleetSetup:
     """The planner's GPU type and TP for the service and the engine each replica runs.
 
     ``gpu_type`` picks one of the planner's options instead of its first; ``profile``
     overrides the latency profile (default: the one named after the GPU type);
-    ``sim_args`` are extra simulator arguments (``--slowdown 2``, ``--model-shape``...).
-    Raises ValueError when the model fits no GPU type or no profile matches.
+    ``sim_args`` are extra simulator arguments (``--slowdown 2``, ``--model-shape``...);
+    ``gpus_per_node`` caps tensor parallelism as the pool's node size does (the planner
+    allows up to 8 without it). Raises ValueError when the model fits no GPU type or no
+    latency profile matches.
     """
-    fit = fit_service(service_from_manifest(_manifest(service)))
+    spec = service_from_manifest(_manifest(service))
+    node_max = None
+    if gpus_per_node is not None:
+        node_max = {name: gpus_per_node for name in spec.gpu_types or [g.name for g in GPU_TYPES]}
+    fit = fit_model(
+        spec.source,
+        spec.serving,
+        shape=spec.shape,
+        tensor=spec.tensor,
+        gpu_types=spec.gpu_types,
+        max_gpus_per_node=node_max,
+    )
     if not isinstance(fit, ModelFits):
         raise ValueError(f"{service.name}: {fit.message}")
     options = fit.options
@@ -621,7 +636,7 @@ class _Fleet:
                 if not obj.gone and not obj.draining:
                     self.on_ready(now, obj)
             elif kind == _DECIDE:
-                if self.remaining <= 0 and now >= self.horizon:
+                if self.until is None and self.remaining <= 0 and now >= self.horizon:
                     break
                 desired = self.scaler.decide(now, self.view(now, window))
                 self.scale_to(now, max(0, int(desired)), str(getattr(self.scaler, "reason", "")))
@@ -653,6 +668,7 @@ def simulate(
     gpu_type: str | None = None,
     profile: str | None = None,
     sim_args: Sequence[str] = (),
+    gpus_per_node: int | None = None,
     cold_start_s: float = DEFAULT_COLD_START_S,
     scrape_interval_s: float = DEFAULT_SCRAPE_INTERVAL_S,
     query_delay_s: float = DEFAULT_QUERY_DELAY_S,
@@ -666,12 +682,20 @@ def simulate(
     """Replays ``requests`` against a fleet of the service's replicas under ``scaler``.
 
     Starts with ``initial_replicas`` Ready replicas (default: spec.replicas, else
-    minReplicas, at least 1) and runs until every request finished (or ``until``).
+    minReplicas, at least 1) and runs until every request finished, or until ``until``
+    when it is given (to watch the scale-down that follows).
     ``setup`` (from `fleet_setup`) saves planning again when many runs share it;
-    otherwise ``gpu_type``, ``profile`` and ``sim_args`` are passed to `fleet_setup`.
+    otherwise ``gpu_type``, ``profile``, ``sim_args`` and ``gpus_per_node`` are passed
+    to `fleet_setup`.
     """
     if setup is None:
-        setup = fleet_setup(service, gpu_type=gpu_type, profile=profile, sim_args=sim_args)
+        setup = fleet_setup(
+            service,
+            gpu_type=gpu_type,
+            profile=profile,
+            sim_args=sim_args,
+            gpus_per_node=gpus_per_node,
+        )
     reqs = sorted(requests, key=lambda r: r.arrival_s)
     start = initial_replicas if initial_replicas is not None else service.spec.desired_replicas
     fleet = _Fleet(

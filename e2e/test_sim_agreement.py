@@ -1,0 +1,220 @@
+"""The policy simulator agrees with the live system on the same trace segment.
+
+Live: a segment of the Azure conversation trace is sent by the load generator to
+pod-runner replicas (the engine simulator on the L4 profile), scraped by the dev
+cluster's Prometheus and scaled by ``kvpilot run``. Simulated: the same requests go
+through ``kvpilot.sim.simulate`` with the operator's policy at the same interval,
+step and scrape interval, and the cold start measured in the live run.
+
+Agreement (stated in docs/simulator.md): the desired-replica trajectories differ by
+at most 0.5 replica on average over the run and reach the same peak; TTFT-SLO
+attainment differs by at most 5 percentage points; p95 TTFT within 10 %. The
+figures go to ``.dev-cluster/logs/sim-agreement.json``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.conftest import Cluster
+from e2e.helpers import Kube, wait_for
+from e2e.operator import OperatorProcess
+from e2e.test_autoscaling import LOAD_DELAY_S, SCALING, Watch
+from e2e.test_podrunner import apply, isvc_manifest
+from kvpilot.api.parse import parse_inference_service
+from kvpilot.sim.fleet import simulate
+from kvpilot.sim.report import percentile, summarize
+from kvpilot.sim.scaler import KvpilotScaler
+from kvpilot.sim.trace import Request, load_trace
+from kvpilot_runtime.loadgen import Arrival, LoadConfig, discover_targets, run
+
+pytestmark = pytest.mark.usefixtures("pod_runner")
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACE = ROOT / "bench" / "traces" / "azure-llm-2023-conv.csv"
+#: Trace seconds 600-690, every third request (about 1.8 requests/s), lengths capped to
+#: 512 prompt and 48 output tokens: more than one L4 replica with 2 sequence slots serves.
+SEGMENT_START_S, SEGMENT_S, KEEP_EVERY = 600.0, 90.0, 3
+MAX_PROMPT, MAX_OUTPUT = 512, 48
+TTFT_SLO_S = 5.0
+#: The operator fixture's settings (e2e/operator.py) and the dev cluster's scrape interval.
+INTERVAL_S, METRICS_STEP_S, SCRAPE_S = 2.0, 2.0, 2.0
+TAIL_S = 60.0
+
+MEAN_ABS_REPLICAS = 0.5
+ATTAINMENT_POINTS = 0.05
+P95_TTFT_REL = 0.10
+
+
+def segment() -> list[Request]:
+    reqs = load_trace(TRACE, start_s=SEGMENT_START_S, duration_s=SEGMENT_S)[::KEEP_EVERY]
+    return [
+        Request(r.arrival_s, min(r.prompt_tokens, MAX_PROMPT), min(r.output_tokens, MAX_OUTPUT))
+        for r in reqs
+    ]
+
+
+def manifest(name: str) -> dict[str, Any]:
+    obj = isvc_manifest(
+        name,
+        gpu_types=("L4-24GB",),
+        env={"KVPILOT_SIM_LOAD_DELAY": str(LOAD_DELAY_S)},
+        max_num_seqs=2,
+    )
+    obj["spec"]["scaling"] = SCALING
+    return obj
+
+
+class Sampler:
+    """spec.replicas and Ready replicas every half second, in a thread."""
+
+    def __init__(self, w: Watch, t0: float) -> None:
+        self.w, self.t0 = w, t0
+        self.points: list[tuple[float, int, int]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._go, daemon=True)
+
+    def _go(self) -> None:
+        while not self.stop.is_set():
+            t = time.time() - self.t0
+            # A transient kubectl failure loses one sample; the next one counts.
+            with contextlib.suppress(Exception):
+                self.points.append((t, self.w.spec_replicas(), self.w.ready_replicas()))
+            self.stop.wait(0.5)
+
+    def __enter__(self) -> Sampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def step_value(points: list[tuple[float, int]], t: float) -> int:
+    """The value of a step function (time-ordered points) at ``t``."""
+    i = bisect.bisect_right([p[0] for p in points], t) - 1
+    return points[max(i, 0)][1]
+
+
+def cold_starts(points: list[tuple[float, int, int]]) -> list[float]:
+    """Seconds from each rise of spec.replicas to the Ready count reaching it."""
+    out = []
+    prev = points[0][1]
+    for i, (t, spec, _) in enumerate(points):
+        if spec > prev:
+            ready_at = next((t2 for t2, _, r in points[i:] if r >= spec), None)
+            if ready_at is not None:
+                out.append(ready_at - t)
+        prev = spec
+    return out
+
+
+def test_simulator_agrees_with_the_live_system(
+    kube: Kube, served_namespace: str, cluster: Cluster, operator: OperatorProcess
+) -> None:
+    ns, name = served_namespace, "agreement"
+    w = Watch(kube, ns, name)
+    apply(kube, ns, manifest(name))
+    w.until(w.ready_replicas, lambda n: n == 1, 90, "one replica Ready")
+    w.until(
+        w.scaling_active,
+        lambda c: c is not None and c["status"] == "True" and c["reason"] == "ValidMetrics",
+        60,
+        "ScalingActive=True on valid metrics while idle",
+    )
+    reqs = segment()
+    arrivals = [Arrival(r.arrival_s, r.prompt_tokens, r.output_tokens) for r in reqs]
+
+    t0 = time.time()
+    with Sampler(w, t0) as sampler:
+        records, summary = run(
+            arrivals,
+            lambda: discover_targets(cluster.layout.scrape_targets, ns, name),
+            LoadConfig(balance="least-outstanding", drain_timeout=180, seed=11),
+        )
+        w.mark(f"segment sent and drained: {summary.ok} ok, {summary.errors} errors")
+        wait_for(w.spec_replicas, lambda n: n == 1, timeout=TAIL_S + 60, what="back to 1")
+        end = time.time() - t0
+    assert summary.errors == 0, summary.error_kinds
+
+    live = sampler.points
+    starts = cold_starts(live)
+    assert starts, f"the live run never scaled up: {live[-5:]}"
+    cold = sum(starts) / len(starts)
+
+    svc = parse_inference_service({**manifest(name), "metadata": {
+        "name": name, "namespace": ns, "uid": "sim"}})  # fmt: skip
+    sim = simulate(
+        reqs,
+        service=svc,
+        scaler=KvpilotScaler(svc, interval_s=INTERVAL_S),
+        gpus_per_node=1,  # the dev cluster's L4 nodes have one GPU each
+        cold_start_s=cold,
+        scrape_interval_s=SCRAPE_S,
+        metrics_step_s=METRICS_STEP_S,
+        query_delay_s=0.5,
+        drain_timeout_s=2.0,
+        sample_interval_s=0.5,
+        initial_replicas=1,
+        until=end,
+    )
+    sim_spec = list(zip(sim.series.t, sim.series.desired, strict=True))
+    live_spec = [(t, s) for t, s, _ in live]
+    grid = [float(t) for t in range(1, int(end))]
+    diffs = [abs(step_value(live_spec, t) - step_value(sim_spec, t)) for t in grid]
+    mean_abs = sum(diffs) / len(diffs)
+
+    live_ttft = [r.ttft if r.ok and r.ttft is not None else float("inf") for r in records]
+    live_att = sum(1 for t in live_ttft if t <= TTFT_SLO_S) / len(reqs)
+    sim_sum = summarize(sim, ttft_slo_s=TTFT_SLO_S)
+    sim_att = sim_sum["attainment"]["ttft"]
+    live_p95 = percentile([t for t in live_ttft if t != float("inf")], 95)
+    sim_p95 = percentile(list(sim.requests.ttft), 95)
+
+    figures = {
+        "segment": {
+            "trace": TRACE.name,
+            "start_s": SEGMENT_START_S,
+            "duration_s": SEGMENT_S,
+            "keep_every": KEEP_EVERY,
+            "max_prompt_tokens": MAX_PROMPT,
+            "max_output_tokens": MAX_OUTPUT,
+            "requests": len(reqs),
+        },
+        "cold_start_s": {"live_each": [round(s, 1) for s in starts], "simulated": round(cold, 2)},
+        "replicas": {
+            "mean_abs_difference": round(mean_abs, 3),
+            "peak_live": max(s for _, s in live_spec),
+            "peak_sim": max(sim.series.desired),
+            "live": [[round(t, 1), s] for t, s in live_spec if t <= end][::4],
+            "sim": [[round(t, 1), s] for t, s in sim_spec][::4],
+        },
+        "ttft_slo_s": TTFT_SLO_S,
+        "attainment": {"live": round(live_att, 4), "sim": sim_att},
+        "ttft_p95_s": {"live": round(live_p95, 3), "sim": round(sim_p95, 3)},
+        "ttft_p50_s": {
+            "live": round(percentile([t for t in live_ttft if t != float("inf")], 50), 3),
+            "sim": sim_sum["ttft_s"]["p50"],
+        },
+        "scale_events_sim": [
+            (round(e.time, 1), e.from_replicas, e.to_replicas) for e in sim.scale_events
+        ],
+    }
+    out = cluster.layout.logs / "sim-agreement.json"
+    Path(out).write_text(json.dumps(figures, indent=2))
+    print(json.dumps({k: v for k, v in figures.items() if k != "replicas"}, indent=2))
+    print({k: v for k, v in figures["replicas"].items() if k not in ("live", "sim")})
+
+    assert mean_abs <= MEAN_ABS_REPLICAS, figures["replicas"]
+    assert figures["replicas"]["peak_live"] == figures["replicas"]["peak_sim"], figures
+    assert sim_att is not None and abs(live_att - sim_att) <= ATTAINMENT_POINTS, figures
+    assert abs(sim_p95 - live_p95) <= P95_TTFT_REL * live_p95, figures
