@@ -180,7 +180,7 @@ def test_simulator_agrees_with_the_live_system(
     live_p95 = percentile([t for t in live_ttft if t != float("inf")], 95)
     sim_p95 = percentile(list(sim.requests.ttft), 95)
 
-    figures = {
+    figures: dict[str, Any] = {
         "segment": {
             "trace": TRACE.name,
             "start_s": SEGMENT_START_S,
