@@ -7,7 +7,7 @@ Events, in simulated seconds from the trace's start:
   wait at the router;
 * engine steps: every replica is the runtime's vLLM V1 engine model
   (`kvpilot_runtime.engine.Engine`) configured exactly as the simulated replica
-  of a pod would be (`kvpilot_runtime.server.setup_from_args` over the vLLM
+  of a pod would be (`kvpilot_runtime.serveargs.setup_from_args` over the vLLM
   arguments the operator renders for the service), stepping back to back while
   it has work; a request reaches the engine ``frontend_latency_s`` (from the
   latency profile) after it arrives, as in the replica's HTTP front end;
@@ -47,7 +47,7 @@ from kvpilot.sim.scaler import OPERATOR_METRICS_STEP_S, FleetView, Scaler
 from kvpilot.sim.trace import Request
 from kvpilot_runtime.engine import DecodeRun, Engine, RequestSpec
 from kvpilot_runtime.latency import available_profiles
-from kvpilot_runtime.server import SimSetup, parse_args, setup_from_args
+from kvpilot_runtime.serveargs import SimSetup, parse_args, setup_from_args
 
 DEFAULT_COLD_START_S = 120.0
 DEFAULT_SCRAPE_INTERVAL_S = 15.0
