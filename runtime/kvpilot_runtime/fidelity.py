@@ -35,21 +35,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import json
+import os
 import random
 import statistics
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from kvpilot_runtime.calibrate import fit, measure
+from kvpilot_runtime.engine import Engine, RequestSpec, Sample
 from kvpilot_runtime.latency import PROFILE_DIR, Batch, PrefillChunk, load_profile, step_time
 from kvpilot_runtime.models import shape_from_config
 from kvpilot_runtime.probe import RequestPlan, closed_loop, run_load
-from kvpilot_runtime.vllm_cpu import SERVED_NAME, Server, run_sim
+from kvpilot_runtime.vllm_cpu import KVCACHE_SPACE_GIB, SERVE_ARGS, SERVED_NAME, Server, run_sim
 
 # Loads as fractions of the measured saturation throughput. Past saturation,
 # TTFT amplifies a throughput error e by about load / (load - 1): 1.5e at 3x.
@@ -185,6 +189,147 @@ def discount_own_latency(url: str, model_dir: Path, profile_path: Path) -> float
     return round(own, 6)
 
 
+@dataclass(frozen=True)
+class SimOutcome:
+    """One simulated request as a client would time it (seconds from the load's start)."""
+
+    sent: float
+    first_token: float
+    finish: float
+    output_tokens: int
+
+
+def simulate_plans(
+    engine: Engine,
+    plans: Sequence[RequestPlan],
+    frontend_latency_s: float,
+    *,
+    concurrency: int | None = None,
+) -> tuple[list[SimOutcome], list[Sample]]:
+    """Drives the engine model through a load in simulated time, as the sim server would.
+
+    Open loop (``concurrency`` None): request i is sent at ``plans[i].at``.
+    Closed loop: ``concurrency`` are sent at 0 and each completion sends the
+    next. A request reaches the engine ``frontend_latency_s`` after it is sent
+    and joins at the next step; ``/metrics`` gauges hold the state after the
+    last step, which is what the returned samples are.
+    """
+    heap: list[tuple[float, int, float]] = []  # (engine arrival, plan index, sent)
+    first = len(plans) if concurrency is None else min(concurrency, len(plans))
+    for i in range(first):
+        sent = plans[i].at if concurrency is None else 0.0
+        heapq.heappush(heap, (sent + frontend_latency_s, i, sent))
+    next_plan = first
+    sent_at: dict[str, float] = {}
+    first_token: dict[str, float] = {}
+    outcomes: list[SimOutcome] = []
+    samples: list[Sample] = []
+    now = 0.0
+    while heap or engine.has_unfinished():
+        while heap and heap[0][0] <= now:
+            _, i, sent = heapq.heappop(heap)
+            rid = str(i)
+            plan = plans[i]
+            engine.add_request(RequestSpec(rid, plan.prompt_token_ids, plan.max_tokens, now))
+            sent_at[rid] = sent
+        if not engine.has_unfinished():
+            now = heap[0][0]
+            continue
+        result = engine.step(now)
+        if result.duration == 0.0 and not result.scheduled:
+            if not heap:
+                break
+            now = max(now, heap[0][0])
+            continue
+        now = result.end
+        for ev in result.events:
+            first_token.setdefault(ev.request_id, now)
+            if ev.finish_reason is None:
+                continue
+            rid = ev.request_id
+            outcomes.append(SimOutcome(sent_at[rid], first_token[rid], now, ev.num_output_tokens))
+            if concurrency is not None and next_plan < len(plans):
+                heapq.heappush(heap, (now + frontend_latency_s, next_plan, now))
+                next_plan += 1
+        st = engine.stats()
+        samples.append(Sample(now, st.num_running, st.num_waiting, st.kv_cache_usage))
+    return outcomes, samples
+
+
+def time_mean(samples: Sequence[Sample], start: float, end: float, key: str) -> float:
+    """Time average over [start, end] of a gauge that holds each sample's value until the next."""
+    if end <= start:
+        return float("nan")
+    total, value, t = 0.0, 0.0, start
+    for s in samples:
+        if s.time > start:
+            total += value * (min(s.time, end) - t)
+            t = min(s.time, end)
+        if s.time >= end:
+            break
+        value = float(getattr(s, key))
+    total += value * (end - t)
+    return total / (end - start)
+
+
+def summarize_sim(outcomes: Sequence[SimOutcome], samples: Sequence[Sample]) -> dict[str, float]:
+    """The figures :meth:`LoadResult.summary` gives for a real load, from a simulated one."""
+    start = min(o.sent for o in outcomes)
+    end = max(o.finish for o in outcomes)
+    tpots = [
+        (o.finish - o.first_token) / (o.output_tokens - 1) for o in outcomes if o.output_tokens > 1
+    ]
+    return {
+        "requests": float(len(outcomes)),
+        "failed": 0.0,
+        "median_ttft_s": statistics.median(o.first_token - o.sent for o in outcomes),
+        "median_itl_s": statistics.median(tpots) if tpots else float("nan"),
+        "mean_queue_depth": time_mean(samples, start, end, "num_waiting"),
+        "mean_running": time_mean(samples, start, end, "num_running"),
+        "mean_kv_usage": time_mean(samples, start, end, "kv_cache_usage"),
+    }
+
+
+class EngineModel:
+    """The engine model the sim server and the fleet simulator run, in simulated time.
+
+    Configured from the same vLLM arguments as :func:`kvpilot_runtime.vllm_cpu.run_sim`,
+    so the comparison is of the model alone: no HTTP front end, and no share of
+    a busy machine's CPU that would stretch the simulator's own timing.
+    """
+
+    def __init__(self, model_dir: Path, profile_path: Path) -> None:
+        from kvpilot_runtime.server import parse_args, setup_from_args
+
+        argv = ["--model", str(model_dir), *SERVE_ARGS, "--profile", str(profile_path)]
+        old = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = KVCACHE_SPACE_GIB
+        try:
+            self.setup = setup_from_args(parse_args(argv))
+        finally:
+            if old is None:
+                del os.environ["VLLM_CPU_KVCACHE_SPACE"]
+            else:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = old
+        self.frontend = float(self.setup.profile.extra.get("frontend_latency_s", 0.0))
+
+    def _engine(self) -> Engine:
+        return Engine(self.setup.config, self.setup.profile, self.setup.shape)
+
+    def load(self, rate: float, requests: int, seed: int) -> dict[str, float]:
+        outcomes, samples = simulate_plans(
+            self._engine(), load_plan(rate, requests, seed), self.frontend
+        )
+        return {k: round(v, 6) for k, v in summarize_sim(outcomes, samples).items()}
+
+    def capacity(self, seed: int) -> float:
+        plans = load_plan(1.0, CAPACITY_REQUESTS, seed)
+        outcomes, _ = simulate_plans(
+            self._engine(), plans, self.frontend, concurrency=CAPACITY_CONCURRENCY
+        )
+        return steady_throughput([o.finish for o in outcomes], CAPACITY_CONCURRENCY)
+
+
 def run_load_at(url: str, rate: float, requests: int, seed: int) -> dict[str, float]:
     """One open-loop load; the request timeout grows with the load's own length."""
     plans = load_plan(rate, requests, seed)
@@ -255,12 +400,15 @@ def run_fidelity(
     requests: int = REQUESTS_PER_LOAD,
     seed: int = 7,
     regimes: Sequence[tuple[str, float]] = REGIMES,
+    simulator: Literal["engine", "server"] = "engine",
     log: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Measures capacity, then per repeat: calibrate on ``vllm``, each load on vLLM then the sim.
 
     The loads are sized once, from the first capacity probe, so every repeat
     sends the same arrivals; later probes only feed the capacity comparison.
+    ``simulator="engine"`` runs the engine model in simulated time (right after
+    each real load); ``"server"`` sends the loads to a kvpilot-sim server in real time.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     capacity = saturation_throughput(vllm.url)
@@ -278,20 +426,35 @@ def run_fidelity(
         log(f"repeat {rep} calibration: {json.dumps(cal)}")
         if rep > 0:
             real_cap.append({"saturation_rps": saturation_throughput(vllm.url, seed=rep + 1)})
-        sim_args = ["--profile", str(profile_path)]
-        with run_sim(model_dir, work_dir / f"sim-{rep}", extra_args=sim_args) as simulator:
-            cal["sim_own_latency_s"] = discount_own_latency(simulator.url, model_dir, profile_path)
-            sim_cap.append({"saturation_rps": saturation_throughput(simulator.url, seed=rep + 1)})
-            log(
-                f"repeat {rep} capacity real={real_cap[-1]['saturation_rps']:.3f} "
-                f"sim={sim_cap[-1]['saturation_rps']:.3f} req/s"
+        if simulator == "server":
+            _server_repeat(
+                vllm=vllm,
+                model_dir=model_dir,
+                work_dir=work_dir,
+                profile_path=profile_path,
+                rep=rep,
+                rates=rates,
+                requests=requests,
+                seed=seed,
+                cal=cal,
+                real_runs=real_runs,
+                sim_runs=sim_runs,
+                sim_cap=sim_cap,
+                log=log,
             )
+        else:
+            model = EngineModel(model_dir, profile_path)
+            sim_cap.append({"saturation_rps": round(model.capacity(seed=rep + 1), 6)})
             for i, (name, rate) in enumerate(rates.items()):
                 load_seed = seed + 100 * rep + i
                 real_runs[name].append(run_load_at(vllm.url, rate, requests, load_seed))
+                sim_runs[name].append(model.load(rate, requests, load_seed))
                 log(f"repeat {rep} real {name:9s} {json.dumps(real_runs[name][-1])}")
-                sim_runs[name].append(run_load_at(simulator.url, rate, requests, load_seed))
                 log(f"repeat {rep} sim  {name:9s} {json.dumps(sim_runs[name][-1])}")
+        log(
+            f"repeat {rep} capacity real={real_cap[-1]['saturation_rps']:.3f} "
+            f"sim={sim_cap[-1]['saturation_rps']:.3f} req/s"
+        )
         calibrations.append(cal)
     real = medians(real_runs)
     sim = medians(sim_runs)
@@ -319,6 +482,7 @@ def run_fidelity(
                 "concurrency": CAPACITY_CONCURRENCY,
                 "requests": CAPACITY_REQUESTS,
             },
+            "simulator": simulator,
             "prompt_tokens": list(PROMPT_LEN),
             "max_tokens": MAX_TOKENS,
             "error": "|median sim - median real| / max(|median real|, floor), medians over repeats",
@@ -335,3 +499,32 @@ def run_fidelity(
         "per_repeat_errors": per_repeat_errors,
         **compare(real, sim),
     }
+
+
+def _server_repeat(
+    *,
+    vllm: Server,
+    model_dir: Path,
+    work_dir: Path,
+    profile_path: Path,
+    rep: int,
+    rates: dict[str, float],
+    requests: int,
+    seed: int,
+    cal: dict[str, Any],
+    real_runs: dict[str, list[dict[str, float]]],
+    sim_runs: dict[str, list[dict[str, float]]],
+    sim_cap: list[dict[str, float]],
+    log: Callable[[str], object],
+) -> None:
+    """One repeat against a kvpilot-sim server, interleaved with real vLLM load by load."""
+    sim_args = ["--profile", str(profile_path)]
+    with run_sim(model_dir, work_dir / f"sim-{rep}", extra_args=sim_args) as simulator:
+        cal["sim_own_latency_s"] = discount_own_latency(simulator.url, model_dir, profile_path)
+        sim_cap.append({"saturation_rps": saturation_throughput(simulator.url, seed=rep + 1)})
+        for i, (name, rate) in enumerate(rates.items()):
+            load_seed = seed + 100 * rep + i
+            real_runs[name].append(run_load_at(vllm.url, rate, requests, load_seed))
+            log(f"repeat {rep} real {name:9s} {json.dumps(real_runs[name][-1])}")
+            sim_runs[name].append(run_load_at(simulator.url, rate, requests, load_seed))
+            log(f"repeat {rep} sim  {name:9s} {json.dumps(sim_runs[name][-1])}")
