@@ -39,11 +39,11 @@ from kvpilot_runtime.probe import RequestPlan, run_load, server_sums
 DECODE_POINTS = ((1, 16), (2, 16), (4, 16), (1, 512), (2, 512), (4, 512))
 PREFILL_LENGTHS = (32, 128, 256, 512, 900)
 DECODE_TOKENS = 48
-# In-situ refits measure around the fidelity loads' sizes (prompts up to a few
-# hundred tokens), with fewer tokens: on a CPU without AVX-512 a prefill of
-# 900 tokens alone takes seconds.
-QUICK_DECODE_POINTS = ((1, 16), (4, 16), (1, 256), (4, 256))
-QUICK_PREFILL_LENGTHS = (32, 128, 320)
+# In-situ refits measure within the fidelity loads' sizes (prompts up to 192
+# tokens), with fewer tokens: on a CPU without AVX-512 BF16 vLLM prefills about
+# 100 tokens/s, so a prompt of 900 tokens alone takes seconds.
+QUICK_DECODE_POINTS = ((1, 16), (4, 16), (1, 176), (4, 176))
+QUICK_PREFILL_LENGTHS = (32, 96, 192)
 QUICK_DECODE_TOKENS = 24
 
 
@@ -88,7 +88,7 @@ async def measure(
     out: list[Measurement] = []
     # Warm-up: the first batches of each shape are slow (allocations, kernel setup).
     for conc in (1, 2, 4, 1):
-        plen = 16 if conc > 1 else (256 if quick else 512)
+        plen = 16 if conc > 1 else (176 if quick else 512)
         await _round(url, model, conc, plen, max_tokens=8 if quick else 16, seed=conc)
     fam = "vllm:inter_token_latency_seconds"
     tokens = QUICK_DECODE_TOKENS if quick else DECODE_TOKENS

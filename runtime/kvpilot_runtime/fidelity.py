@@ -44,15 +44,24 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from kvpilot_runtime.calibrate import fit, measure
 from kvpilot_runtime.engine import Engine, RequestSpec, Sample
-from kvpilot_runtime.latency import PROFILE_DIR, Batch, PrefillChunk, load_profile, step_time
-from kvpilot_runtime.models import shape_from_config
+from kvpilot_runtime.latency import (
+    PROFILE_DIR,
+    Batch,
+    ModelShape,
+    PrefillChunk,
+    load_profile,
+    step_time,
+)
 from kvpilot_runtime.probe import RequestPlan, closed_loop, run_load
+
+if TYPE_CHECKING:
+    from kvpilot_runtime.server import SimSetup
 from kvpilot_runtime.vllm_cpu import KVCACHE_SPACE_GIB, SERVE_ARGS, SERVED_NAME, Server, run_sim
 
 # Loads as fractions of the measured saturation throughput. Past saturation,
@@ -131,12 +140,29 @@ def steady_throughput(finish_times: Sequence[float], concurrency: int) -> float:
     return (len(finishes) - concurrency) / window
 
 
-def calibrate_profile(url: str, model_dir: Path, out: Path) -> dict[str, Any]:
+def sim_setup(
+    model_dir: Path, profile: str | Path = "cpu", serve_args: Sequence[str] = ()
+) -> SimSetup:
+    """What kvpilot-sim derives from the arguments real vLLM got (shape, engine config)."""
+    from kvpilot_runtime.server import parse_args, setup_from_args
+
+    argv = ["--model", str(model_dir), *SERVE_ARGS, *serve_args, "--profile", str(profile)]
+    old = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = KVCACHE_SPACE_GIB
+    try:
+        return setup_from_args(parse_args(argv))
+    finally:
+        if old is None:
+            del os.environ["VLLM_CPU_KVCACHE_SPACE"]
+        else:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = old
+
+
+def calibrate_profile(url: str, shape: ModelShape, out: Path) -> dict[str, Any]:
     """Refits the CPU profile on the server at ``url``; writes it to ``out`` (YAML)."""
-    shape = shape_from_config(json.loads((model_dir / "config.json").read_text()))
     base = load_profile("cpu")
     data = asyncio.run(measure(url, SERVED_NAME, repeats=2, quick=True))
-    prof, frontend, rms = fit(base, shape, data)
+    prof, frontend, rms = fit(base, shape, data, fit_overlap=True)
     doc = yaml.safe_load((PROFILE_DIR / "cpu.yaml").read_text())
     doc["effective"] = {
         k: v for k, v in dataclasses.asdict(prof.effective).items() if v is not None
@@ -159,7 +185,7 @@ def calibrate_profile(url: str, model_dir: Path, out: Path) -> dict[str, Any]:
     }
 
 
-def discount_own_latency(url: str, model_dir: Path, profile_path: Path) -> float:
+def discount_own_latency(url: str, shape: ModelShape, profile_path: Path) -> float:
     """Measures the simulator's own serving latency and takes it off the modelled front end.
 
     The simulator is a Python process too: the client sees its HTTP and event-loop
@@ -167,7 +193,6 @@ def discount_own_latency(url: str, model_dir: Path, profile_path: Path) -> float
     simulator against the model's prediction gives that time; the front-end
     latency is reduced by it, so end to end the client sees what was fitted.
     """
-    shape = shape_from_config(json.loads((model_dir / "config.json").read_text()))
     profile = load_profile(profile_path)
     frontend = float(profile.extra.get("frontend_latency_s", 0.0))
     plen = 128
@@ -298,19 +323,8 @@ class EngineModel:
     a busy machine's CPU that would stretch the simulator's own timing.
     """
 
-    def __init__(self, model_dir: Path, profile_path: Path) -> None:
-        from kvpilot_runtime.server import parse_args, setup_from_args
-
-        argv = ["--model", str(model_dir), *SERVE_ARGS, "--profile", str(profile_path)]
-        old = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = KVCACHE_SPACE_GIB
-        try:
-            self.setup = setup_from_args(parse_args(argv))
-        finally:
-            if old is None:
-                del os.environ["VLLM_CPU_KVCACHE_SPACE"]
-            else:
-                os.environ["VLLM_CPU_KVCACHE_SPACE"] = old
+    def __init__(self, model_dir: Path, profile_path: Path, serve_args: Sequence[str] = ()) -> None:
+        self.setup = sim_setup(model_dir, profile_path, serve_args)
         self.frontend = float(self.setup.profile.extra.get("frontend_latency_s", 0.0))
 
     def _engine(self) -> Engine:
@@ -401,16 +415,20 @@ def run_fidelity(
     seed: int = 7,
     regimes: Sequence[tuple[str, float]] = REGIMES,
     simulator: Literal["engine", "server"] = "engine",
+    serve_args: Sequence[str] = (),
     log: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Measures capacity, then per repeat: calibrate on ``vllm``, each load on vLLM then the sim.
 
     The loads are sized once, from the first capacity probe, so every repeat
     sends the same arrivals; later probes only feed the capacity comparison.
-    ``simulator="engine"`` runs the engine model in simulated time (right after
-    each real load); ``"server"`` sends the loads to a kvpilot-sim server in real time.
+    ``serve_args`` are the arguments ``vllm`` got beyond :data:`SERVE_ARGS`
+    (``--dtype``...); the simulator gets them too. ``simulator="engine"`` runs
+    the engine model in simulated time (right after each real load);
+    ``"server"`` sends the loads to a kvpilot-sim server in real time.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
+    shape = sim_setup(model_dir, serve_args=serve_args).shape
     capacity = saturation_throughput(vllm.url)
     rates = {name: frac * capacity for name, frac in regimes}
     shown = {k: round(v, 3) for k, v in rates.items()}
@@ -422,7 +440,7 @@ def run_fidelity(
     calibrations: list[dict[str, Any]] = []
     for rep in range(repeats):
         profile_path = work_dir / f"cpu-insitu-{rep}.yaml"
-        cal = calibrate_profile(vllm.url, model_dir, profile_path)
+        cal = calibrate_profile(vllm.url, shape, profile_path)
         log(f"repeat {rep} calibration: {json.dumps(cal)}")
         if rep > 0:
             real_cap.append({"saturation_rps": saturation_throughput(vllm.url, seed=rep + 1)})
@@ -440,10 +458,12 @@ def run_fidelity(
                 real_runs=real_runs,
                 sim_runs=sim_runs,
                 sim_cap=sim_cap,
+                serve_args=serve_args,
+                shape=shape,
                 log=log,
             )
         else:
-            model = EngineModel(model_dir, profile_path)
+            model = EngineModel(model_dir, profile_path, serve_args)
             sim_cap.append({"saturation_rps": round(model.capacity(seed=rep + 1), 6)})
             for i, (name, rate) in enumerate(rates.items()):
                 load_seed = seed + 100 * rep + i
@@ -474,7 +494,7 @@ def run_fidelity(
     return {
         "setup": {
             "model": "tiny random Llama (runtime/kvpilot_runtime/tiny_model.py)",
-            "vllm_args": "--max-model-len 1024 --max-num-seqs 4 --num-gpu-blocks-override 16",
+            "vllm_args": " ".join([*SERVE_ARGS, *serve_args]),
             "load_fraction_of_capacity": dict(regimes),
             "requests_per_load": requests,
             "repeats": repeats,
@@ -515,12 +535,14 @@ def _server_repeat(
     real_runs: dict[str, list[dict[str, float]]],
     sim_runs: dict[str, list[dict[str, float]]],
     sim_cap: list[dict[str, float]],
+    serve_args: Sequence[str],
+    shape: ModelShape,
     log: Callable[[str], object],
 ) -> None:
     """One repeat against a kvpilot-sim server, interleaved with real vLLM load by load."""
-    sim_args = ["--profile", str(profile_path)]
+    sim_args = [*serve_args, "--profile", str(profile_path)]
     with run_sim(model_dir, work_dir / f"sim-{rep}", extra_args=sim_args) as simulator:
-        cal["sim_own_latency_s"] = discount_own_latency(simulator.url, model_dir, profile_path)
+        cal["sim_own_latency_s"] = discount_own_latency(simulator.url, shape, profile_path)
         sim_cap.append({"saturation_rps": saturation_throughput(simulator.url, seed=rep + 1)})
         for i, (name, rate) in enumerate(rates.items()):
             load_seed = seed + 100 * rep + i

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.vllm
 # Enough repeats for a median to shrug off one disturbed run on a shared
 # machine, few enough requests that a CPU without AVX-512 finishes in minutes.
 REPEATS = 3
-REQUESTS = 16
+REQUESTS = 12
 
 
 def exercise(url: str) -> str:
@@ -100,5 +100,5 @@ def test_fidelity_within_target(vllm_server: Server, tiny_model: Path, tmp_path:
     }
     light, overload = report["real"]["light"], report["real"]["overload"]
     assert light["mean_queue_depth"] < 1.0, "the light load queued: capacity was misjudged"
-    assert overload["mean_queue_depth"] > 3.0, "the overload built no queue"
+    assert overload["mean_queue_depth"] > 1.0, "the overload built no queue"
     assert failing(report) == {}, json.dumps(report, indent=2)
