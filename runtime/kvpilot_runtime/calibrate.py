@@ -164,7 +164,7 @@ def fit(
         n = len(FIT_KEYS)
         vals = dict(zip(FIT_KEYS, (float(v) for v in np.exp(x[:n])), strict=True))
         if fit_overlap:
-            vals["overlap_exponent"] = 1.0 + float(np.exp(x[n + 1]))
+            vals["overlap_exponent"] = 1.0 + min(float(np.exp(x[n + 1])), 64.0)
         return base.with_effective(**vals), float(np.exp(x[n]))
 
     def residuals(x: np.ndarray) -> np.ndarray:
