@@ -39,6 +39,25 @@ def test_fit_recovers_a_known_profile() -> None:
         assert predict(fitted, TINY_LLAMA, m, fitted_frontend) == pytest.approx(m.seconds, rel=0.05)
 
 
+def test_fit_recovers_costs_that_add_up() -> None:
+    """Weight reads and matmuls that do not overlap (q = 1), fitted with the exponent free."""
+    truth = load_profile("cpu").with_effective(
+        overlap_exponent=1.0, weight_bandwidth_bytes_per_s=1e10, matmul_flops_per_s=2e10
+    )
+    points = [Measurement("decode", c, p, 0.0, 24) for c in (1, 4) for p in (16, 176)] + [
+        Measurement(k, 1, p, 0.0) for p in (32, 96, 192) for k in ("prefill", "ttft")
+    ]
+    data = [
+        Measurement(m.kind, m.concurrency, m.prompt_len, predict(truth, TINY_LLAMA, m, 0.01), 24)
+        for m in points
+    ]
+    fitted, frontend, rms = fit(load_profile("cpu"), TINY_LLAMA, data, fit_overlap=True)
+    assert rms < 0.03
+    assert fitted.effective.overlap_exponent is not None
+    for m in data:
+        assert predict(fitted, TINY_LLAMA, m, frontend) == pytest.approx(m.seconds, rel=0.05)
+
+
 @pytest.mark.parametrize(
     ("sim", "real", "floor", "expected"),
     [
