@@ -416,6 +416,7 @@ def run_fidelity(
     regimes: Sequence[tuple[str, float]] = REGIMES,
     simulator: Literal["engine", "server"] = "engine",
     serve_args: Sequence[str] = (),
+    capacity_each_repeat: bool = True,
     log: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Measures capacity, then per repeat: calibrate on ``vllm``, each load on vLLM then the sim.
@@ -426,6 +427,8 @@ def run_fidelity(
     (``--dtype``...); the simulator gets them too. ``simulator="engine"`` runs
     the engine model in simulated time (right after each real load);
     ``"server"`` sends the loads to a kvpilot-sim server in real time.
+    Without ``capacity_each_repeat`` real capacity is probed once (the
+    simulator's still every repeat, at no cost).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     shape = sim_setup(model_dir, serve_args=serve_args).shape
@@ -442,7 +445,7 @@ def run_fidelity(
         profile_path = work_dir / f"cpu-insitu-{rep}.yaml"
         cal = calibrate_profile(vllm.url, shape, profile_path)
         log(f"repeat {rep} calibration: {json.dumps(cal)}")
-        if rep > 0:
+        if rep > 0 and capacity_each_repeat:
             real_cap.append({"saturation_rps": saturation_throughput(vllm.url, seed=rep + 1)})
         if simulator == "server":
             _server_repeat(

@@ -92,7 +92,13 @@ def test_fidelity_within_target(vllm_server: Server, tiny_model: Path, tmp_path:
     same regimes as a fast one, in proportionally more time but with the same
     number of requests; each figure is the median of the repeats."""
     report = run_fidelity(
-        vllm_server, tiny_model, tmp_path, repeats=REPEATS, requests=REQUESTS, log=print
+        vllm_server,
+        tiny_model,
+        tmp_path,
+        repeats=REPEATS,
+        requests=REQUESTS,
+        capacity_each_repeat=False,
+        log=print,
     )
     print(json.dumps({"capacity_rps": report["capacity_rps"], "errors": report["errors"]}))
     assert report["failed_requests"] == {
