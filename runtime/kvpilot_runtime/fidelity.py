@@ -363,7 +363,7 @@ def compare(
 ) -> dict[str, Any]:
     """Errors and goals for every regime (keys of ``real``) and metric both sides have."""
     errors: dict[str, dict[str, float]] = {}
-    ratios: dict[str, dict[str, float]] = {}
+    ratios: dict[str, dict[str, float | None]] = {}
     goals: list[dict[str, Any]] = []
     worst = 0.0
     for name, real_row in real.items():
@@ -375,7 +375,7 @@ def compare(
             r, s = real_row[metric], sim[name][metric]
             e = rel_error(s, r, floor)
             errors[name][metric] = round(e, 4)
-            ratios[name][metric] = round(s / r, 4) if r else float("nan")
+            ratios[name][metric] = round(s / r, 4) if r else None
             worst = max(worst, e)
             goals.append(
                 {
