@@ -37,10 +37,14 @@ from kvpilot_runtime.models import shape_from_config
 from kvpilot_runtime.probe import RequestPlan, run_load, server_sums
 
 DECODE_POINTS = ((1, 16), (2, 16), (4, 16), (1, 512), (2, 512), (4, 512))
-QUICK_DECODE_POINTS = ((1, 16), (4, 16), (1, 512), (4, 512))
 PREFILL_LENGTHS = (32, 128, 256, 512, 900)
-QUICK_PREFILL_LENGTHS = (32, 128, 512, 900)
 DECODE_TOKENS = 48
+# In-situ refits measure within the fidelity loads' sizes (prompts up to 192
+# tokens), with fewer tokens: on a CPU without AVX-512 BF16 vLLM prefills about
+# 100 tokens/s, so a prompt of 900 tokens alone takes seconds.
+QUICK_DECODE_POINTS = ((1, 16), (4, 16), (1, 176), (4, 176))
+QUICK_PREFILL_LENGTHS = (32, 96, 192)
+QUICK_DECODE_TOKENS = 24
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,11 @@ class Measurement:
     concurrency: int
     prompt_len: int
     seconds: float
+    decode_tokens: int = DECODE_TOKENS
 
     def batch(self) -> Batch:
         if self.kind == "decode":
-            ctx = self.prompt_len + DECODE_TOKENS // 2
+            ctx = self.prompt_len + self.decode_tokens // 2
             return Batch(decode_contexts=(ctx,) * self.concurrency)
         return Batch(prefill_chunks=(PrefillChunk(self.prompt_len, 0),))
 
@@ -83,20 +88,20 @@ async def measure(
     out: list[Measurement] = []
     # Warm-up: the first batches of each shape are slow (allocations, kernel setup).
     for conc in (1, 2, 4, 1):
-        await _round(url, model, conc, 16 if conc > 1 else 512, max_tokens=16, seed=conc)
+        plen = 16 if conc > 1 else (176 if quick else 512)
+        await _round(url, model, conc, plen, max_tokens=8 if quick else 16, seed=conc)
     fam = "vllm:inter_token_latency_seconds"
+    tokens = QUICK_DECODE_TOKENS if quick else DECODE_TOKENS
     for conc, plen in QUICK_DECODE_POINTS if quick else DECODE_POINTS:
         # vLLM's front end streams tokens in bursts when it falls behind, so the
         # gaps a client sees are not step times; the server's inter-token
         # histogram, stamped by the engine core, is.
         before = await server_sums(url)
         for k in range(repeats):
-            await _round(
-                url, model, conc, plen, max_tokens=DECODE_TOKENS, seed=conc * 1000 + plen + k
-            )
+            await _round(url, model, conc, plen, max_tokens=tokens, seed=conc * 1000 + plen + k)
         after = await server_sums(url)
         itl = (after[fam][0] - before[fam][0]) / (after[fam][1] - before[fam][1])
-        out.append(Measurement("decode", conc, plen, itl))
+        out.append(Measurement("decode", conc, plen, itl, tokens))
     for plen in QUICK_PREFILL_LENGTHS if quick else PREFILL_LENGTHS:
         ttfts: list[float] = []
         before = await server_sums(url)
@@ -131,18 +136,36 @@ FIT_KEYS = (
 
 
 def fit(
-    base: Profile, shape: ModelShape, data: Sequence[Measurement]
+    base: Profile,
+    shape: ModelShape,
+    data: Sequence[Measurement],
+    *,
+    fit_overlap: bool = False,
 ) -> tuple[Profile, float, float]:
-    """Least squares on relative errors; returns the profile, frontend latency, RMS error."""
+    """Least squares on relative errors; returns the profile, frontend latency, RMS error.
+
+    ``fit_overlap`` also fits the exponent that combines the weight-read and
+    matmul times (1: they add up, large: the larger one alone). Where vLLM-CPU
+    has no native BF16 GEMM (CPUs without AVX-512 BF16) its fallback linear
+    layers convert the weights on every call, so the two costs add up instead
+    of overlapping.
+    """
     import numpy as np
     from scipy.optimize import least_squares  # type: ignore[import-untyped,unused-ignore]
 
     eff = base.effective
-    x0 = np.log([*(getattr(eff, k) for k in FIT_KEYS), 1e-3])
+    x0_list = [*(math.log(getattr(eff, k)) for k in FIT_KEYS), math.log(1e-3)]
+    if fit_overlap:
+        q0 = eff.overlap_exponent if eff.overlap_exponent is not None else 4.0
+        x0_list.append(math.log(max(q0 - 1.0, 1e-3)))
+    x0 = np.array(x0_list)
 
     def build(x: np.ndarray) -> tuple[Profile, float]:
-        vals = dict(zip(FIT_KEYS, (float(v) for v in np.exp(x[:-1])), strict=True))
-        return base.with_effective(**vals), float(np.exp(x[-1]))
+        n = len(FIT_KEYS)
+        vals = dict(zip(FIT_KEYS, (float(v) for v in np.exp(x[:n])), strict=True))
+        if fit_overlap:
+            vals["overlap_exponent"] = 1.0 + min(float(np.exp(x[n + 1])), 64.0)
+        return base.with_effective(**vals), float(np.exp(x[n]))
 
     def residuals(x: np.ndarray) -> np.ndarray:
         prof, fe = build(x)
@@ -159,13 +182,19 @@ def write_csv(path: Path, data: Sequence[Measurement]) -> None:
         w = csv.writer(fh)
         w.writerow(["kind", "concurrency", "prompt_len", "decode_tokens", "seconds"])
         for m in data:
-            w.writerow([m.kind, m.concurrency, m.prompt_len, DECODE_TOKENS, f"{m.seconds:.6f}"])
+            w.writerow([m.kind, m.concurrency, m.prompt_len, m.decode_tokens, f"{m.seconds:.6f}"])
 
 
 def read_csv(path: Path) -> list[Measurement]:
     with path.open() as fh:
         return [
-            Measurement(r["kind"], int(r["concurrency"]), int(r["prompt_len"]), float(r["seconds"]))
+            Measurement(
+                r["kind"],
+                int(r["concurrency"]),
+                int(r["prompt_len"]),
+                float(r["seconds"]),
+                int(r.get("decode_tokens") or DECODE_TOKENS),
+            )
             for r in csv.DictReader(fh)
         ]
 

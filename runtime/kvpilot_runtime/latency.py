@@ -209,9 +209,11 @@ def batch_features(shape: ModelShape, tp: int, batch: Batch) -> dict[str, float]
 
 
 def _combine(weights: float, matmul: float, q: float | None) -> float:
-    if q is None:
-        return max(weights, matmul)
-    return float((weights**q + matmul**q) ** (1.0 / q))
+    top = max(weights, matmul)
+    if q is None or top <= 0.0:
+        return top
+    # Scaled by the larger term so that a large exponent cannot overflow.
+    return float(top * ((weights / top) ** q + (matmul / top) ** q) ** (1.0 / q))
 
 
 def step_terms(profile: Profile, shape: ModelShape, tp: int, batch: Batch) -> StepTerms:

@@ -266,6 +266,35 @@ async def run_load(
         return LoadResult(tuple(results), tuple(samples), time.monotonic() - start, means)
 
 
+async def closed_loop(
+    url: str,
+    model: str,
+    plans: Sequence[RequestPlan],
+    *,
+    concurrency: int,
+    request_timeout: float = 600.0,
+) -> tuple[RequestResult, ...]:
+    """Sends ``plans`` in order with ``concurrency`` requests always in flight.
+
+    The server never idles for want of work, so completions per second over the
+    run measure its saturation throughput; ``sent`` is relative to the start.
+    """
+    timeout = aiohttp.ClientTimeout(total=request_timeout)
+    connector = aiohttp.TCPConnector(limit=0)
+    todo = iter(plans)
+    results: list[RequestResult] = []
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        start = time.monotonic()
+
+        async def client() -> None:
+            for plan in todo:
+                ready = RequestPlan(0.0, plan.prompt_token_ids, plan.max_tokens)
+                results.append(await _one(session, url, model, ready, start))
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return tuple(results)
+
+
 async def _sums(session: aiohttp.ClientSession, url: str) -> dict[str, tuple[float, float]]:
     async with session.get(f"{url}/metrics") as resp:
         return parse_sums(await resp.text(), ENGINE_HISTOGRAMS)

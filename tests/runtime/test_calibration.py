@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from kvpilot_runtime.calibrate import Measurement, fit, predict
-from kvpilot_runtime.fidelity import compare, rel_error
-from kvpilot_runtime.latency import load_profile
+from kvpilot_runtime.calibrate import Measurement, fit, predict, read_csv, write_csv
+from kvpilot_runtime.fidelity import (
+    MAX_TOKENS,
+    PROMPT_LEN,
+    TARGET,
+    compare,
+    load_plan,
+    medians,
+    rel_error,
+    steady_throughput,
+)
+from kvpilot_runtime.latency import Batch, load_profile
 from kvpilot_runtime.models import TINY_LLAMA
 from kvpilot_runtime.probe import parse_gauges, parse_sums, poisson_plan
 
@@ -26,6 +37,25 @@ def test_fit_recovers_a_known_profile() -> None:
     assert rms < 0.03
     for m in data:
         assert predict(fitted, TINY_LLAMA, m, fitted_frontend) == pytest.approx(m.seconds, rel=0.05)
+
+
+def test_fit_recovers_costs_that_add_up() -> None:
+    """Weight reads and matmuls that do not overlap (q = 1), fitted with the exponent free."""
+    truth = load_profile("cpu").with_effective(
+        overlap_exponent=1.0, weight_bandwidth_bytes_per_s=1e10, matmul_flops_per_s=2e10
+    )
+    points = [Measurement("decode", c, p, 0.0, 24) for c in (1, 4) for p in (16, 176)] + [
+        Measurement(k, 1, p, 0.0) for p in (32, 96, 192) for k in ("prefill", "ttft")
+    ]
+    data = [
+        Measurement(m.kind, m.concurrency, m.prompt_len, predict(truth, TINY_LLAMA, m, 0.01), 24)
+        for m in points
+    ]
+    fitted, frontend, rms = fit(load_profile("cpu"), TINY_LLAMA, data, fit_overlap=True)
+    assert rms < 0.03
+    assert fitted.effective.overlap_exponent is not None
+    for m in data:
+        assert predict(fitted, TINY_LLAMA, m, frontend) == pytest.approx(m.seconds, rel=0.05)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +78,8 @@ def test_compare_reports_goals() -> None:
         "mean_kv_usage": 0.5,
     }
     worse = {**row, "median_ttft_s": 0.125}
-    report = compare({"a": row}, {"a": worse}, rates=(("a", 1.0),))
+    report = compare({"a": row}, {"a": worse})
+    assert report["ratios"]["a"]["median_ttft_s"] == 1.25
     assert report["errors"] == {
         "a": {
             "median_ttft_s": 0.25,
@@ -60,10 +91,68 @@ def test_compare_reports_goals() -> None:
     assert report["goals"][-1] == {
         "name": "fidelity_max_rel_error",
         "value": 0.25,
-        "target": 0.2,
+        "target": TARGET,
         "better": "lower",
         "unit": "ratio",
     }
+
+
+def test_the_goal_is_ten_percent() -> None:
+    assert TARGET == 0.10
+
+
+def test_compare_takes_the_metrics_each_regime_has() -> None:
+    real = {"capacity": {"saturation_rps": 2.0}}
+    report = compare(real, {"capacity": {"saturation_rps": 1.9}})
+    assert report["errors"] == {"capacity": {"saturation_rps": 0.05}}
+    assert [g["name"] for g in report["goals"]] == [
+        "fidelity_capacity_saturation_rps_rel_error",
+        "fidelity_max_rel_error",
+    ]
+
+
+def test_medians_over_repeats() -> None:
+    runs = {"light": [{"x": 3.0}, {"x": 1.0}, {"x": 100.0}]}
+    assert medians(runs, ("x",)) == {"light": {"x": 3.0}}
+
+
+@pytest.mark.parametrize(
+    ("finishes", "concurrency", "expected"),
+    [
+        # 4 completions after the 2nd, in the 2 s from t=1 to t=3.
+        ([0.5, 1.0, 1.5, 2.0, 2.5, 3.0], 2, 2.0),
+        # Order does not matter; the ramp-up before the 1st completion is left out.
+        ([9.0, 5.0, 7.0], 1, 0.5),
+    ],
+)
+def test_steady_throughput(finishes: list[float], concurrency: int, expected: float) -> None:
+    assert steady_throughput(finishes, concurrency) == pytest.approx(expected)
+
+
+def test_steady_throughput_needs_a_window() -> None:
+    with pytest.raises(ValueError, match="more than 4"):
+        steady_throughput([1.0, 2.0, 3.0, 4.0], 4)
+
+
+def test_load_plan_is_the_same_regime_at_any_rate() -> None:
+    """A slow machine gets the same arrivals as a fast one, stretched in time."""
+    fast, slow = load_plan(10.0, 24, seed=3), load_plan(0.5, 24, seed=3)
+    assert len(fast) == len(slow) == 24
+    for f, s in zip(fast, slow, strict=True):
+        assert s.at == pytest.approx(f.at * 20)
+        assert s.prompt_token_ids == f.prompt_token_ids
+        assert s.max_tokens == f.max_tokens == MAX_TOKENS
+        assert PROMPT_LEN[0] <= len(f.prompt_token_ids) <= PROMPT_LEN[1]
+    assert [p.at for p in fast] == sorted(p.at for p in fast)
+    assert load_plan(10.0, 24, seed=4) != fast
+
+
+def test_measurement_context_follows_its_decode_tokens(tmp_path: Path) -> None:
+    m = Measurement("decode", 2, 100, 0.05, decode_tokens=24)
+    assert m.batch() == Batch(decode_contexts=(112, 112))
+    path = tmp_path / "m.csv"
+    write_csv(path, [m, Measurement("prefill", 1, 32, 0.01)])
+    assert read_csv(path) == [m, Measurement("prefill", 1, 32, 0.01)]
 
 
 EXPOSITION = """\

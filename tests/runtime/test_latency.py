@@ -171,6 +171,7 @@ def test_unknown_profile() -> None:
         (None, 0.002),  # max(2 ms weights, 1 ms matmul)
         (1.0, 0.003),  # fully serialized
         (2.0, math.sqrt(0.002**2 + 0.001**2)),
+        (5000.0, 0.002),  # a fitted exponent may grow large: no overflow, the maximum
     ],
 )
 def test_overlap_exponent(q: float | None, expected: float) -> None:
