@@ -61,7 +61,7 @@ from kvpilot_runtime.latency import (
 from kvpilot_runtime.probe import RequestPlan, closed_loop, run_load
 
 if TYPE_CHECKING:
-    from kvpilot_runtime.server import SimSetup
+    from kvpilot_runtime.serveargs import SimSetup
 from kvpilot_runtime.vllm_cpu import KVCACHE_SPACE_GIB, SERVE_ARGS, SERVED_NAME, Server, run_sim
 
 # Loads as fractions of the measured saturation throughput. Past saturation,
@@ -144,7 +144,7 @@ def sim_setup(
     model_dir: Path, profile: str | Path = "cpu", serve_args: Sequence[str] = ()
 ) -> SimSetup:
     """What kvpilot-sim derives from the arguments real vLLM got (shape, engine config)."""
-    from kvpilot_runtime.server import parse_args, setup_from_args
+    from kvpilot_runtime.serveargs import parse_args, setup_from_args
 
     argv = ["--model", str(model_dir), *SERVE_ARGS, *serve_args, "--profile", str(profile)]
     old = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
