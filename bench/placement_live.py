@@ -96,12 +96,39 @@ def settle(kube: Kube, ns: str, names: list[str], timeout: float) -> tuple[bool,
     return False, plan, actual
 
 
+def merge(path: Path, summary: dict[str, Any]) -> None:
+    """Add the live run and its goal to the planner benchmark's results."""
+    results = json.loads(path.read_text())
+    results["live"] = {k: v for k, v in summary.items() if k != "goals"}
+    names = {g["name"] for g in summary["goals"]}
+    results["goals"] = [g for g in results.get("goals", []) if g["name"] not in names]
+    results["goals"] += summary["goals"]
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scenarios", type=int, default=6)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--merge-into",
+        type=Path,
+        default=None,
+        help="a results JSON (bench/results/placement.json) to add the live figures and goal to",
+    )
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="merge an earlier run's output instead of running the scenarios again",
+    )
     args = ap.parse_args()
+    if args.from_json is not None:
+        summary = json.loads(args.from_json.read_text())
+        if args.merge_into is not None:
+            merge(args.merge_into, summary)
+        return 0
     layout = devcluster.Layout.default()
     if not devcluster.is_up(layout):
         devcluster.up(layout=layout)
@@ -154,6 +181,8 @@ def main() -> int:
     text = json.dumps(summary, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.merge_into is not None:
+        merge(args.merge_into, summary)
     print(text)
     return 0 if equal == len(results) else 1
 

@@ -15,6 +15,16 @@ SHORT_NAMES: Final = ("infsvc", "kvis")
 CATEGORIES: Final = ("kvpilot",)
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 
+# Labels and resources kvpilot reads and writes: declared once, here, in the lowest layer.
+MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+APP_NAME: Final = "app.kubernetes.io/name"
+INFERENCE_SERVICE: Final = f"{GROUP}/inference-service"
+REVISION: Final = f"{GROUP}/revision"
+MANAGER: Final = "kvpilot"
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL: Final = "nvidia.com/gpu.memory"
+
 Quantization = Literal["none", "awq", "gptq", "fp8", "int8"]
 DType = Literal["auto", "bfloat16", "float16"]
 KVCacheDType = Literal["auto", "fp8"]

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kvpilot.planning.inventory import GPU_RESOURCE, pod_gpu_request
+from kvpilot.api.names import GPU_RESOURCE
+from kvpilot.planning.inventory import pod_gpu_request
 from kvpilot.resources.labels import INFERENCE_SERVICE
 
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects

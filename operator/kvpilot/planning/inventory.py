@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kvpilot.api.names import GPU_MEMORY_LABEL as MEMORY_LABEL
+from kvpilot.api.names import GPU_PRODUCT_LABEL as PRODUCT_LABEL
+from kvpilot.api.names import GPU_RESOURCE
+from kvpilot.api.names import MANAGED_BY as MANAGED_BY_LABEL
 from kvpilot.planning.gpus import GPU_TYPES, gpu_type, gpu_type_for_product
 
-GPU_RESOURCE = "nvidia.com/gpu"
-PRODUCT_LABEL = "nvidia.com/gpu.product"
-MEMORY_LABEL = "nvidia.com/gpu.memory"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-DEFAULT_TOLERATED_TAINTS = ("nvidia.com/gpu",)
+DEFAULT_TOLERATED_TAINTS = (GPU_RESOURCE,)
 _BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from itertools import groupby, islice
 from typing import Any, Literal
 
+from kvpilot.api.names import INFERENCE_SERVICE
 from kvpilot.planning.gpus import GIB
 from kvpilot.planning.inventory import Inventory, pod_gpu_request
 from kvpilot.planning.memory import MemoryBreakdown
@@ -732,7 +733,7 @@ def _reduced_note(mem: MemoryBreakdown) -> str:
     )
 
 
-SERVICE_LABEL = "kvpilot.io/inference-service"
+SERVICE_LABEL = INFERENCE_SERVICE
 
 
 def running_replicas(

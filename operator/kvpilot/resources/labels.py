@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Final
+from kvpilot.api.names import (
+    APP_NAME,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    INFERENCE_SERVICE,
+    MANAGED_BY,
+    MANAGER,
+    REVISION,
+)
 
-MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-APP_NAME: Final = "app.kubernetes.io/name"
-INFERENCE_SERVICE: Final = "kvpilot.io/inference-service"
-REVISION: Final = "kvpilot.io/revision"
-MANAGER: Final = "kvpilot"
-
-GPU_RESOURCE: Final = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+__all__ = [
+    "APP_NAME",
+    "GPU_PRODUCT_LABEL",
+    "GPU_RESOURCE",
+    "INFERENCE_SERVICE",
+    "MANAGED_BY",
+    "MANAGER",
+    "REVISION",
+    "common_labels",
+    "pod_labels",
+    "selector_labels",
+    "selector_string",
+]
 
 
 def selector_labels(name: str) -> dict[str, str]:
