@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from kvpilot.api.parse import InvalidObjectError, parse_inference_service
@@ -23,7 +22,7 @@ from kvpilot.controller.kube import Kube
 from kvpilot.objects import merge_patch
 from kvpilot.reconcile import Event
 from kvpilot.reconcile.autoscale import PAUSE_ANNOTATION, TickInput, plan_tick, tick_policy
-from kvpilot.reconcile.status import changed_fields
+from kvpilot.reconcile.status import changed_fields, now_iso
 
 log = logging.getLogger("kvpilot.autoscaler")
 
@@ -91,7 +90,7 @@ class Autoscaler:
                 policy=policy,
                 metrics=metrics,
                 now=now,
-                stamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                stamp=now_iso(),
             )
         )
         if plan.decision is not None:

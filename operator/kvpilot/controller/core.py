@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 from urllib3.exceptions import HTTPError
@@ -41,16 +40,12 @@ from kvpilot.reconcile import (
     plan_pool,
     plan_reconcile,
 )
-from kvpilot.reconcile.status import changed_fields
+from kvpilot.reconcile.status import changed_fields, now_iso
 from kvpilot.resources.labels import INFERENCE_SERVICE
 
 log = logging.getLogger("kvpilot.controller")
 
 CHILD_API = {"Service": "v1", "PodDisruptionBudget": "policy/v1", "Deployment": "apps/v1"}
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:

@@ -35,10 +35,6 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kvpilot.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kvpilot.io", key="last-handled-configuration"
-    )
 
 
 def _upsert(kind: str, body: kopf.Body, memo: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,8 +15,6 @@ from kvpilot.conditions import Condition, merge_conditions
 from kvpilot.planning.placement import ServicePlacement
 from kvpilot.planning.report import gpu_memory
 from kvpilot.resources.labels import selector_string
-
-GIB = 1024**3
 
 
 def placement_status(p: ServicePlacement, product: str | None = None) -> dict[str, Any] | None:
@@ -36,6 +35,11 @@ def placement_status(p: ServicePlacement, product: str | None = None) -> dict[st
     if mem is not None:
         out["memory"] = gpu_memory(mem)  # one meaning of kvCacheGiB everywhere
     return out
+
+
+def now_iso() -> str:
+    """The time as status conditions and Events write it (seconds, UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
