@@ -160,6 +160,7 @@ def test_short_names_category_and_columns(cluster: Cluster, crd: None, namespace
             "DESIRED",
             "READY",
             "STATUS",
+            "ROLLOUT",
             "AGE",
         ]
         row = table.splitlines()[1].split()
