@@ -175,9 +175,10 @@ def test_drift_is_repaired(kube: Kube, namespace: str) -> None:
             "value": ["--model", "other"],
         }
     ]
-    kube("patch", "deployment", name, "-n", namespace, "--type=json", "-p", json.dumps(patch))
+    dep_name = dep["metadata"]["name"]  # <service>-<revision>
+    kube("patch", "deployment", dep_name, "-n", namespace, "--type=json", "-p", json.dumps(patch))
     wait_for(
-        lambda: kube.get("deployment", name, namespace),
+        lambda: kube.get("deployment", dep_name, namespace),
         lambda d: (
             d is not None and d["spec"]["template"]["spec"]["containers"][0]["args"] == good_args
         ),
@@ -185,9 +186,9 @@ def test_drift_is_repaired(kube: Kube, namespace: str) -> None:
         what="the hand-edited args to be restored",
     )
 
-    kube("delete", "deployment", name, "-n", namespace, "--wait=true")
+    kube("delete", "deployment", dep_name, "-n", namespace, "--wait=true")
     wait_for(
-        lambda: kube.get("deployment", name, namespace),
+        lambda: kube.get("deployment", dep_name, namespace),
         lambda d: d is not None and d.get("status", {}).get("readyReplicas") == 1,
         timeout=60,
         what="the deleted Deployment to be recreated and ready",

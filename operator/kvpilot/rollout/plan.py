@@ -77,8 +77,9 @@ class RolloutInput:
     ``wanted``: its replicas once rolled out (the pool plan's, which follows the
     autoscaler); ``live``: every other revision with a Deployment; ``stable``,
     ``baseline``, ``failed``: from the previous status; ``free_gpus``: free GPUs of the
-    target's GPU type; ``analysis``: the canary analysis decision (None: no decision
-    yet); ``quality``: the quality gate result (None: not run yet).
+    target's GPU type; ``analysis``: the canary analysis decision (None: no analysis runs
+    for this service, so readiness alone moves the steps; "Continue": hold);
+    ``quality``: the quality gate result (None: not run yet).
     """
 
     target: RevisionState
@@ -197,7 +198,8 @@ def plan_rollout(inp: RolloutInput) -> RolloutPlan:
     steps = [p / 100.0 for p in cfg.steps]
     goals = [max(1, math.ceil(p * inp.wanted - 1e-9)) for p in steps]
     reached = sum(1 for g in goals if t.ready >= g)
-    gate = (not cfg.analysis) or inp.analysis == "Promote"
+    # No decision source (analysis not running for this service): readiness moves steps.
+    gate = (not cfg.analysis) or inp.analysis is None or inp.analysis == "Promote"
     quality_wait = cfg.quality and inp.quality is None
     if quality_wait:
         share = min(steps[0], 1.0 / max(1, inp.wanted)) if steps else 1.0
