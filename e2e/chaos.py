@@ -330,12 +330,18 @@ class InvariantWatch:
         return None
 
     def _fresh_deployment(self, name: str) -> dict[str, Any] | None:
+        """The service's Deployments (one per live revision), ready replicas summed."""
         with contextlib.suppress(kubernetes.client.ApiException):
-            resp = self.apps.read_namespaced_deployment(
-                name, self.namespace, _preload_content=False
+            resp = self.apps.list_namespaced_deployment(
+                self.namespace,
+                label_selector=f"{SERVICE_LABEL}={name}",
+                _preload_content=False,
             )
-            obj: dict[str, Any] = json.loads(resp.data)
-            return obj
+            items: list[dict[str, Any]] = json.loads(resp.data)["items"]
+            if not items:
+                return None
+            ready = sum(int((d.get("status") or {}).get("readyReplicas") or 0) for d in items)
+            return {"status": {"readyReplicas": ready}}
         return None
 
     def _list_isvcs(self) -> list[dict[str, Any]]:

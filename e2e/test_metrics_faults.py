@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, condition, wait_for
+from e2e.helpers import Kube, condition, service_deployment, wait_for
 from e2e.operator import OperatorProcess
 from e2e.promproxy import PromProxy
 from e2e.test_podrunner import apply, isvc_manifest
@@ -73,7 +73,7 @@ def test_bad_metrics_hold_replicas(
                 ) or {}
 
             wait_for(
-                lambda: (kube.get("deployment", name, ns) or {}).get("status", {}),
+                lambda: (service_deployment(kube, ns, name) or {}).get("status", {}),
                 lambda s: s.get("readyReplicas") == 2,
                 timeout=120,
                 what="two replicas ready",

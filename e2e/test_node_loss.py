@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from e2e.chaos import add_pool, remove_pool
-from e2e.helpers import GC_TIMEOUT, Kube, condition, wait_for
+from e2e.helpers import GC_TIMEOUT, Kube, condition, service_deployment, wait_for
 from e2e.test_operator import apply, pods_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("operator")]
@@ -93,7 +93,7 @@ def test_lost_node_replicas_are_placed_again(kube: Kube, namespace: str) -> None
         assert placed is not None and placed["status"] == "False", placed
         assert "2 of 3" in placed["message"], placed
         assert degraded is not None and degraded["status"] == "True", degraded
-        dep = kube.get("deployment", "survivor", namespace)
+        dep = service_deployment(kube, namespace, "survivor")
         assert dep is not None and dep["spec"]["replicas"] == 2
 
         # The node is back: all three again, Placed.
