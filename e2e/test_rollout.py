@@ -224,8 +224,13 @@ def test_bf16_tp4_to_awq_tp1_with_free_gpus(
         f"{baseline:.0f} (bound {bound:.0f}); max A100 GPUs {watcher.max_gpus}"
     )
     check(watcher, result, bound)
-    reasons = [r for _, r, _ in events(kube, ns, name)]
-    assert "Surging" in reasons and "Promoted" in reasons
+    # Events are posted in the background, so the last may follow the status
+    wait_for(
+        lambda: [r for _, r, _ in events(kube, ns, name)],
+        lambda reasons: "Surging" in reasons and "Promoted" in reasons,
+        timeout=30,
+        what="the Surging and Promoted Events",
+    )
 
 
 def test_no_free_gpu_replaces_one_for_one(

@@ -210,7 +210,7 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         objects = desired_objects(
             isvc, render, deployment=dep_name, port=port, annotations=capacity_annotations(cap)
         )
-        if t_live is None and target == 0:
+        if t_live is None and rollout.failed is not None and rollout.failed[0] == revision:
             objects = objects[:-1]  # a failed revision gets no Deployment again
         for obj in objects:
             live_obj = (
