@@ -13,6 +13,9 @@ from kvpilot.rollout.analysis import (
     Verdict,
     advance,
     evaluate,
+    needs_window,
+    step,
+    unavailable_verdict,
 )
 
 CFG = AnalysisConfig()
@@ -190,3 +193,60 @@ def test_rollback_explanation() -> None:
 def test_config_refuses(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         AnalysisConfig(**bad)  # type: ignore[arg-type]
+
+
+GOOD = (win(100), win(50))
+BAD = (win(100), win(50, 10))
+
+
+def test_step_from_fresh_status_to_rollback() -> None:
+    cfg = AnalysisConfig(interval_s=10, failure_limit=2)
+    first = step(None, cfg, "r2", T0, canary_ready=True, observed=BAD)
+    assert first.decision == "Continue"
+    assert [e.reason for e in first.events] == ["CanaryAnalysisFailed"]
+    assert first.events[0].message.endswith("(1/2 failures)")
+    stored = first.state.to_dict()
+    assert not needs_window(stored, cfg, "r2", T0 + 9)
+    assert needs_window(stored, cfg, "r2", T0 + 10)
+    second = step(stored, cfg, "r2", T0 + 10, canary_ready=True, observed=BAD)
+    assert second.decision == "Rollback"
+    assert [(e.type, e.reason) for e in second.events] == [
+        ("Warning", "CanaryAnalysisFailed"),
+        ("Warning", "RollingBack"),
+    ]
+    assert second.message.startswith("revision r2 failed 2 of 2 allowed analyses")
+
+
+def test_step_promotes_and_restarts_for_a_new_canary() -> None:
+    cfg = AnalysisConfig(interval_s=10, passes_to_promote=2)
+    s = step(None, cfg, "r2", T0, canary_ready=True, observed=GOOD)
+    s = step(s.state.to_dict(), cfg, "r2", T0 + 10, canary_ready=True, observed=GOOD)
+    assert s.decision == "Promote"
+    assert [(e.type, e.reason) for e in s.events] == [("Normal", "Promoting")]
+    # Another canary: the stored state is stale and starts over.
+    assert needs_window(s.state.to_dict(), cfg, "r3", T0 + 11)
+    fresh = step(s.state.to_dict(), cfg, "r3", T0 + 11, canary_ready=True, observed=None)
+    assert (fresh.decision, fresh.state.revision, fresh.state.consecutive_passes) == (
+        "Continue",
+        "r3",
+        0,
+    )
+
+
+def test_step_unavailable_metrics_count_as_stall() -> None:
+    cfg = AnalysisConfig(interval_s=10, inconclusive_policy="Rollback", inconclusive_timeout_s=20)
+    v = unavailable_verdict("cannot connect")
+    s = step(None, cfg, "r2", T0, canary_ready=True, observed=v)
+    s = step(s.state.to_dict(), cfg, "r2", T0 + 10, canary_ready=True, observed=v)
+    assert s.decision == "Continue"
+    s = step(s.state.to_dict(), cfg, "r2", T0 + 20, canary_ready=True, observed=v)
+    assert s.decision == "Rollback"
+    assert s.state.last_reason == "MetricsUnavailable"
+
+
+def test_step_waits_for_readiness_without_evaluating() -> None:
+    cfg = AnalysisConfig(ready_timeout_s=60)
+    s = step(None, cfg, "r2", T0, canary_ready=False, observed=BAD)
+    assert (s.decision, s.state.failures, s.events) == ("Continue", 0, ())
+    s = step(s.state.to_dict(), cfg, "r2", T0 + 60, canary_ready=False, observed=None)
+    assert s.decision == "Rollback"

@@ -335,3 +335,76 @@ def advance(state: AnalysisState, verdict: Verdict, now: float) -> AnalysisState
         last_checked=now,
         checks=verdict.checks,
     )
+
+
+@dataclass(frozen=True)
+class AnalysisEvent:
+    """An Event the analysis asks for (the controller posts it on the InferenceService)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AnalysisStep:
+    """One call of the analysis: the state to store, what to do, and what to tell."""
+
+    state: AnalysisState
+    decision: Decision
+    message: str
+    events: tuple[AnalysisEvent, ...] = ()
+
+
+def needs_window(
+    previous: Mapping[str, Any] | None, cfg: AnalysisConfig, canary_rev: str, now: float
+) -> bool:
+    """Whether this call should read Prometheus (a new canary, or ``interval_s`` passed)."""
+    state = AnalysisState.from_dict(previous)
+    return state.revision != canary_rev or state.due(cfg, now)
+
+
+def unavailable_verdict(reason: str) -> Verdict:
+    """Prometheus could not answer: no evidence either way (counts towards a stall)."""
+    return Verdict("Inconclusive", "MetricsUnavailable", reason)
+
+
+def step(
+    previous: Mapping[str, Any] | None,
+    cfg: AnalysisConfig,
+    canary_rev: str,
+    now: float,
+    *,
+    canary_ready: bool,
+    observed: tuple[RevisionWindow, RevisionWindow] | Verdict | None,
+) -> AnalysisStep:
+    """Folds one observation into the stored state (``status.revisions.analysis``).
+
+    ``observed``: (stable, canary) windows, a ready-made verdict (e.g.
+    `unavailable_verdict`), or None when no window was due. A stored state of
+    another revision is stale and starts over. Events: a Warning per failed window,
+    and one for the decision when it is not Continue.
+    """
+    state = AnalysisState.from_dict(previous)
+    if state.revision != canary_rev:
+        state = AnalysisState.start(canary_rev, now)
+    events: list[AnalysisEvent] = []
+    if canary_ready and observed is not None:
+        verdict = observed if isinstance(observed, Verdict) else evaluate(*observed, cfg)
+        state = advance(state, verdict, now)
+        if verdict.kind == "Fail":
+            events.append(
+                AnalysisEvent(
+                    "Warning",
+                    "CanaryAnalysisFailed",
+                    f"revision {canary_rev}: {verdict.message} "
+                    f"({state.failures}/{cfg.failure_limit} failures)",
+                )
+            )
+    decision = state.decision(cfg, now, canary_ready=canary_ready)
+    message = state.explain(cfg, now, canary_ready=canary_ready)
+    if decision == "Rollback":
+        events.append(AnalysisEvent("Warning", "RollingBack", message))
+    elif decision == "Promote":
+        events.append(AnalysisEvent("Normal", "Promoting", message))
+    return AnalysisStep(state, decision, message, tuple(events))
