@@ -61,6 +61,33 @@ MINIMAL_DEFAULTED: dict[str, Any] = {
         "scaleDown": {},
         "scaleToZero": {},
     },
+    "rollout": {
+        "maxUnavailable": 25,
+        "steps": [50],
+        "paused": False,
+        "abort": False,
+        "analysis": {
+            "enabled": True,
+            "intervalSeconds": 30,
+            "windowSeconds": 60,
+            "minRequests": 20,
+            "maxErrorRateRatio": 2.0,
+            "errorRateFloor": 0.01,
+            "maxTtftP95Ratio": 1.5,
+            "maxItlRatio": 1.5,
+            "failureLimit": 2,
+            "inconclusivePolicy": "Hold",
+            "inconclusiveTimeoutSeconds": 600,
+            "readyTimeoutSeconds": 600,
+        },
+        "qualityGate": {
+            "enabled": False,
+            "prompts": [],
+            "maxTokens": 16,
+            "minTokenAgreement": 0.9,
+            "maxLogprobDivergence": 0.5,
+        },
+    },
 }
 
 

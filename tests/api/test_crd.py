@@ -78,6 +78,8 @@ def test_printer_columns() -> None:
         ("Ready", ".status.readyReplicas", 0),
         ("Status", '.status.conditions[?(@.type=="Ready")].status', 0),
         ("Reason", '.status.conditions[?(@.type=="Ready")].reason', 1),
+        ("Rollout", ".status.revisions.step", 0),
+        ("Canary", ".status.revisions.canaryWeight", 1),
         ("Revision", ".status.revision", 1),
         ("Age", ".metadata.creationTimestamp", 0),
     ]

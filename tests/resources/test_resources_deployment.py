@@ -66,7 +66,7 @@ def deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": "llama",
+            "name": f"llama-{revision}",
             "namespace": "serving",
             "labels": {**LABELS, "kvpilot.io/revision": revision},
             "ownerReferences": [OWNER],
@@ -74,7 +74,12 @@ def deployment(
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": {"kvpilot.io/inference-service": "llama"}},
+            "selector": {
+                "matchLabels": {
+                    "kvpilot.io/inference-service": "llama",
+                    "kvpilot.io/revision": revision,
+                }
+            },
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},

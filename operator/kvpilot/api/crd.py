@@ -174,6 +174,13 @@ def _printer_columns() -> list[dict[str, Any]]:
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "Status", "type": "string", "jsonPath": f"{ready}.status"},
         {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason", "priority": 1},
+        {"name": "Rollout", "type": "string", "jsonPath": ".status.revisions.step"},
+        {
+            "name": "Canary",
+            "type": "integer",
+            "jsonPath": ".status.revisions.canaryWeight",
+            "priority": 1,
+        },
         {"name": "Revision", "type": "string", "jsonPath": ".status.revision", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

@@ -6,7 +6,7 @@ Field descriptions here are what `kubectl explain inferenceservice.spec...` prin
 from __future__ import annotations
 
 import re
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
@@ -667,6 +667,136 @@ class ScalingSpec(KvModel):
         return self.max_replicas > self.min_replicas
 
 
+# --- spec.rollout ------------------------------------------------------------------
+
+ROLLOUT_STEPS_ORDER = CelRule(
+    rule="!has(self.steps) || self.steps.size() < 2 || "
+    "[0, 1, 2, 3, 4, 5, 6, 7, 8].all(i, i + 1 >= self.steps.size() || "
+    "self.steps[i] < self.steps[i + 1])",
+    message="steps must be strictly increasing (each a canary share of serving capacity "
+    "in percent, below 100; promotion is the last step)",
+    field_path=".steps",
+)
+
+
+class AnalysisSpec(KvModel):
+    """Canary analysis from Prometheus, per revision: the canary's error rate, p95 time to
+    first token and inter-token latency against stable's, over one window every interval."""
+
+    enabled: bool = Field(
+        True, description="Gate steps and promotion on the analysis. Default true."
+    )
+    interval_seconds: int = Field(30, ge=5, le=3600, description="How often to evaluate.")
+    window_seconds: int = Field(60, ge=10, le=3600, description="Window of each evaluation.")
+    min_requests: int = Field(
+        20,
+        ge=1,
+        le=1_000_000,
+        description="Fewer finished requests per revision in a window is inconclusive, not a pass.",
+    )
+    max_error_rate_ratio: float = Field(
+        2.0, ge=1.0, le=100.0, description="Canary error rate / stable error rate allowed."
+    )
+    error_rate_floor: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Error rates below this count as equal (no ratio over near-zero rates).",
+    )
+    max_ttft_p95_ratio: float = Field(
+        1.5, ge=1.0, le=100.0, description="Canary p95 TTFT / stable p95 TTFT allowed."
+    )
+    max_itl_ratio: float = Field(
+        1.5, ge=1.0, le=100.0, description="Canary inter-token latency / stable's allowed."
+    )
+    failure_limit: int = Field(
+        2, ge=1, le=100, description="Failed evaluations that roll the canary back."
+    )
+    inconclusive_policy: Literal["Hold", "Rollback"] = Field(
+        "Hold",
+        description="After inconclusiveTimeoutSeconds without a conclusive evaluation: hold "
+        "the rollout where it is, or roll back.",
+    )
+    inconclusive_timeout_seconds: int = Field(
+        600, ge=30, le=86_400, description="How long evaluations may stay inconclusive."
+    )
+    ready_timeout_seconds: int = Field(
+        600,
+        ge=30,
+        le=86_400,
+        description="A canary replica not Ready this long after it was created fails the gate.",
+    )
+
+
+class QualityGateSpec(KvModel):
+    """Before the canary takes traffic, compare greedy completions of a fixed prompt set
+    from stable and canary (for quantized variants)."""
+
+    enabled: bool = Field(False, description="Run the quality gate. Default false.")
+    prompts: tuple[Annotated[str, Field(min_length=1, max_length=4096)], ...] = Field(
+        (), max_length=64, description="Prompts to compare; empty: a built-in set."
+    )
+    max_tokens: int = Field(16, ge=1, le=512, description="Tokens generated per prompt.")
+    min_token_agreement: float = Field(
+        0.9, ge=0.0, le=1.0, description="Share of generated tokens that must agree."
+    )
+    max_logprob_divergence: float | None = Field(
+        0.5,
+        ge=0.0,
+        le=100.0,
+        description="Largest mean absolute log-probability difference allowed, where the "
+        "engine returns log-probabilities; unset: not checked.",
+    )
+
+
+class RolloutSpec(KvModel):
+    """How a change of the pod-relevant spec (a new revision) reaches the replicas.
+
+    Steps move serving capacity, not replica counts: each revision's capacity per replica
+    is estimated from the engine model (tokens/s at the concurrency its KV cache holds),
+    and ready capacity stays at or above (1 - maxUnavailable) of what the stable revision
+    served. Editing these settings never changes the revision.
+    """
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(ROLLOUT_STEPS_ORDER))
+
+    max_unavailable: int = Field(
+        25,
+        ge=0,
+        le=100,
+        description="Percent of the stable revision's serving capacity that may be missing "
+        "while replicas are replaced (no free GPU for a surge). Default 25.",
+    )
+    max_surge_gpus: int | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="Most GPUs the service may hold beyond what either revision needs alone "
+        "while both run; unset: as many as are free.",
+    )
+    steps: tuple[Annotated[int, Field(ge=1, le=99)], ...] = Field(
+        (50,),
+        max_length=10,
+        description="Canary shares of the final serving capacity, in percent, strictly "
+        "increasing; promotion to 100 follows the last. Default [50].",
+    )
+    paused: bool = Field(False, description="Hold the rollout where it is (resume: false).")
+    abort: bool = Field(
+        False,
+        description="Roll the canary back and keep the stable revision until abort is cleared.",
+    )
+    analysis: AnalysisSpec = sub_object(AnalysisSpec, "Canary analysis from Prometheus.")
+    quality_gate: QualityGateSpec = sub_object(
+        QualityGateSpec, "Greedy-completion comparison before the canary takes traffic."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> RolloutSpec:
+        check(all(a < b for a, b in zip(self.steps, self.steps[1:], strict=False)),
+              ROLLOUT_STEPS_ORDER)  # fmt: skip
+        return self
+
+
 # --- spec ---------------------------------------------------------------------------
 
 _TENSOR_IS_INT = (
@@ -723,6 +853,9 @@ class InferenceServiceSpec(KvModel):
     parallelism: ParallelismSpec = sub_object(ParallelismSpec, "GPUs per replica.")
     placement: PlacementSpec = sub_object(PlacementSpec, "GPU types, priority and preemption.")
     scaling: ScalingSpec = sub_object(ScalingSpec, "Autoscaling bounds, targets and damping.")
+    rollout: RolloutSpec = sub_object(
+        RolloutSpec, "How a new revision replaces the running one: steps, gates, control."
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> InferenceServiceSpec:

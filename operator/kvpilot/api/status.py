@@ -105,6 +105,54 @@ class AutoscalerStatus(KvModel):
     )
 
 
+class FailedRevision(KvModel):
+    """A revision that was rolled back; not tried again until the spec changes."""
+
+    revision: str = Field(max_length=64, description="Revision hash.")
+    reason: str = Field(max_length=1024, description="Why (CamelCase).")
+    message: str = Field("", max_length=4096, description="Details.")
+    time: datetime | None = Field(None, description="When it was rolled back.")
+
+
+class RevisionsStatus(KvModel):
+    """The revisions that serve, and how far the rollout between them has come."""
+
+    stable: str | None = Field(None, max_length=64, description="Revision serving before the "
+                               "rollout (the only one when none is under way).")  # fmt: skip
+    canary: str | None = Field(None, max_length=64, description="Revision being rolled out.")
+    canary_weight: int | None = Field(
+        None, ge=0, le=100, description="Canary's share of ready serving capacity, in percent."
+    )
+    step: str | None = Field(
+        None, max_length=64, description="Rollout progress: step reached / steps (derived)."
+    )
+    phase: str | None = Field(
+        None,
+        max_length=64,
+        description="Stable, Surging, Replacing, Waiting, Paused, Promoting, RollingBack.",
+    )
+    baseline_capacity: float | None = Field(
+        None,
+        ge=0,
+        description="Serving capacity (estimated tokens/s) of the stable revision when the "
+        "rollout began: the bound keeps (1 - maxUnavailable) of it.",
+    )
+    ready_capacity: float | None = Field(
+        None, ge=0, description="Estimated tokens/s of all ready replicas now."
+    )
+    failed: FailedRevision | None = Field(None, description="The last revision rolled back.")
+    analysis: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Canary analysis state (free-form: failures, passes, last verdict).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    quality: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Quality gate result of the canary (free-form).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
 class InferenceServiceStatus(KvModel):
     """Observed state of an InferenceService."""
 
@@ -127,6 +175,9 @@ class InferenceServiceStatus(KvModel):
         None, max_length=64, description="Hash of the pod-relevant spec the replicas run."
     )
     autoscaler: AutoscalerStatus | None = Field(None, description="Autoscaler's last decision.")
+    revisions: RevisionsStatus | None = Field(
+        None, description="Stable and canary revisions and the rollout between them."
+    )
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

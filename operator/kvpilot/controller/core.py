@@ -30,6 +30,7 @@ from kvpilot.controller.kube import ApiError, Kube
 from kvpilot.controller.metrics import OperatorMetrics
 from kvpilot.controller.settings import Settings
 from kvpilot.objects import merge_patch
+from kvpilot.planning.inventory import build_inventory
 from kvpilot.planning.pool import PoolPlanner
 from kvpilot.reconcile import (
     CHILD_KINDS,
@@ -40,6 +41,7 @@ from kvpilot.reconcile import (
     plan_pool,
     plan_reconcile,
 )
+from kvpilot.reconcile.rollout import equivalent_ready
 from kvpilot.reconcile.status import changed_fields, now_iso
 from kvpilot.resources.labels import INFERENCE_SERVICE
 
@@ -152,6 +154,7 @@ class Controller:
         self._queue: set[Key] = set()
         self._pool_dirty = True
         self._dirty_since = 0.0
+        self._free: dict[str, int] | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -176,6 +179,7 @@ class Controller:
 
     def _note(self, change: Any) -> None:
         if change.pool_changed:
+            self._free = None
             if not self._pool_dirty:
                 self._dirty_since = self.clock()
             self._pool_dirty = True
@@ -382,7 +386,28 @@ class Controller:
             scheduler_name=self.settings.scheduler_name,
             pods=tuple(self._pods_of(ns, name)),
             draining_nodes=self.pool.draining if self.pool is not None else frozenset(),
+            deployments=tuple(self._deployments_of(ns, name, uid)),
+            free_gpus=self.free_gpus(),
         )
+
+    def free_gpus(self) -> dict[str, int]:
+        """Free GPUs per GPU type now, counting every pod (kvpilot's included): what a
+        rollout can surge onto. Recomputed after nodes or GPU pods change."""
+        free = self._free
+        if free is None:
+            free = build_inventory(self.view.items("Node"), self.view.items("Pod")).free_by_type()
+            self._free = free
+        return free
+
+    def _deployments_of(self, ns: str, name: str, uid: str) -> list[dict[str, Any]]:
+        """The service's Deployments: one per live revision (owned, from the cache)."""
+        return [
+            d
+            for d in self.view.items("Deployment")
+            if (d.get("metadata") or {}).get("namespace") == ns
+            and ((d.get("metadata") or {}).get("labels") or {}).get(INFERENCE_SERVICE) == name
+            and owned_by(d, uid)
+        ]
 
     def _pods_of(self, ns: str, name: str) -> list[dict[str, Any]]:
         """The service's pods (kvpilot pods all hold GPUs, so the GPU-pod cache has them)."""
@@ -400,7 +425,9 @@ class Controller:
         foreign: dict[str, str] = {}
         for kind in CHILD_KINDS:
             obj = self.view.get(kind, ns, name)
-            if obj is None and check_missing:
+            # Deployments are named per revision; the one named after the service is an
+            # older Deployment taken over, never created, so no conflict check for it.
+            if obj is None and check_missing and kind != "Deployment":
                 # Not ours (not in the owned-objects cache): is the name taken by someone else?
                 obj = self.kube.get(CHILD_API[kind], kind, ns, name)
             if obj is None:
@@ -444,6 +471,15 @@ class Controller:
                     "Applied %s/%s/%s revision=%s replicas=%d",
                     obj["kind"], ns, name, plan.revision, plan.target_replicas,
                 )  # fmt: skip
+        for dep_name, replicas in plan.scale:
+            result = self.kube.scale_deployment(ns, dep_name, replicas)
+            self.view.note_written("Deployment", result)
+            self.metrics.decisions.labels("scale", "Deployment").inc()
+            log.info("Scaled Deployment/%s/%s replicas=%d (rollout)", ns, dep_name, replicas)
+        for dep_name in plan.delete:
+            self.kube.delete("apps/v1", "Deployment", ns, dep_name)
+            self.metrics.decisions.labels("delete", "Deployment").inc()
+            log.info("Deleted Deployment/%s/%s (retired revision)", ns, dep_name)
         if plan.status is not None:
             log.info(
                 "Patched status inferenceservice=%s/%s by=reconcile changed=%s",
@@ -476,10 +512,14 @@ class Controller:
                 if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                     self.autoscaler.metrics.forget(*key)
                     return
-                dep = self.view.get("Deployment", *key)
                 uid = (body.get("metadata") or {}).get("uid", "")
-                if dep is not None and not owned_by(dep, uid):
-                    dep = None
+                deps = self._deployments_of(*key, uid)
+                dep = None
+                if deps:
+                    # Mid-rollout, replicas of every revision count, weighed by capacity.
+                    revision = (body.get("status") or {}).get("revision")
+                    ready, existing = equivalent_ready(deps, revision)
+                    dep = {"status": {"readyReplicas": ready, "replicas": existing}}
                 outcome = self.autoscaler.tick(body, dep)
                 if outcome.status_result is not None:
                     self.view.note_written("InferenceService", outcome.status_result)

@@ -242,6 +242,27 @@ class Kube:
         )
         return result
 
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """Resize a Deployment (an older revision's, which is never re-rendered)."""
+        url = path("apps/v1", "Deployment", namespace, name)
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            url,
+            body={"spec": {"replicas": replicas}},
+            query=[("fieldManager", FIELD_MANAGER)],
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """DELETE (foreground-free: the garbage collector removes the dependents); a
+        missing object is already gone."""
+        try:
+            self._call("DELETE", path(api_version, kind, namespace, name))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """POST a new object (409 when the name is taken)."""
         meta = obj["metadata"]

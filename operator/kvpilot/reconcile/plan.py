@@ -8,14 +8,23 @@ here talks to the API server, so every decision has a table test.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kvpilot.api.parse import InferenceService
 from kvpilot.conditions import Condition, find
 from kvpilot.objects import contains, object_ref
 from kvpilot.planning.placement import ServicePlacement
+from kvpilot.reconcile.rollout import (
+    capacity_annotations,
+    live_revisions,
+    old_revision_state,
+    revision_state,
+    rollout_config,
+    service_port,
+    unscheduled_gpus,
+)
 from kvpilot.reconcile.status import (
     Observed,
     PodFacts,
@@ -23,9 +32,11 @@ from kvpilot.reconcile.status import (
     serving_conditions,
     status_changed,
 )
-from kvpilot.resources import desired_objects
+from kvpilot.resources import deployment_name, desired_objects
 from kvpilot.resources.labels import REVISION
 from kvpilot.resources.plan import RenderPlan, render_plan
+from kvpilot.rollout.capacity import replica_capacity
+from kvpilot.rollout.plan import Decision, RolloutInput, RolloutPlan, plan_rollout
 
 EventType = Literal["Normal", "Warning"]
 
@@ -65,6 +76,15 @@ class Observation:
     scheduler_name: str | None = None
     pods: tuple[Mapping[str, Any], ...] = ()
     draining_nodes: frozenset[str] = frozenset()
+    #: every Deployment of the service (one per live revision); empty: children's only
+    deployments: tuple[Mapping[str, Any], ...] = ()
+    #: free GPUs per GPU type now, counting every pod (what a surge can use)
+    free_gpus: Mapping[str, int] = field(default_factory=dict)
+    #: the canary analysis decision and the quality gate result (None: none yet)
+    analysis: Decision | None = None
+    analysis_message: str = ""
+    quality: bool | None = None
+    quality_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,10 +96,18 @@ class ReconcilePlan:
     events: tuple[Event, ...] = ()
     target_replicas: int = 0
     revision: str | None = None
+    #: (Deployment name, replicas) of older revisions the rollout resizes
+    scale: tuple[tuple[str, int], ...] = ()
+    #: Deployments of retired revisions, to delete
+    delete: tuple[str, ...] = ()
+    rollout: RolloutPlan | None = None
 
     @property
     def writes(self) -> int:
-        return len(self.apply) + (self.status is not None) + len(self.events)
+        return (
+            len(self.apply) + (self.status is not None) + len(self.events) + len(self.scale)
+            + len(self.delete)
+        )  # fmt: skip
 
 
 def plan_reconcile(obs: Observation) -> ReconcilePlan:
@@ -102,6 +130,9 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
     live_dep = obs.children.get("Deployment")
     revision = obs.previous.get("revision")
     apply: list[dict[str, Any]] = []
+    scale: list[tuple[str, int]] = []
+    delete: list[str] = []
+    rollout: RolloutPlan | None = None
     if placement is None or placement.option is None:
         # Nothing fits (or not planned yet): create nothing; what already serves keeps serving.
         target = int((live_dep or {}).get("spec", {}).get("replicas", 0) or 0)
@@ -132,37 +163,108 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             scheduler_name=obs.scheduler_name,
         )
         revision = render.revision
-        for obj in desired_objects(isvc, render):
-            live = obs.children.get(obj["kind"])
-            if live is not None and contains(live, obj):
+        deps = obs.deployments or tuple(d for d in (live_dep,) if d is not None)
+        live = live_revisions(deps)
+        cap = replica_capacity(option.memory)
+        t_live = live.get(revision)
+        t_state = revision_state(
+            t_live, revision, pods=obs.pods, capacity=cap,
+            gpus_per_replica=option.gpus_per_replica, now=obs.now,
+        )  # fmt: skip
+        olds = tuple(
+            old_revision_state(lr, obs.pods, cap, option.gpus_per_replica, obs.now)
+            for rev, lr in live.items()
+            if rev != revision
+        )
+        prev_rev: Mapping[str, Any] = obs.previous.get("revisions") or {}
+        failed: Mapping[str, Any] = prev_rev.get("failed") or {}
+        rollout = plan_rollout(
+            RolloutInput(
+                target=t_state,
+                wanted=target,
+                live=olds,
+                stable=prev_rev.get("stable"),
+                baseline=prev_rev.get("baselineCapacity") if prev_rev.get("canary") else None,
+                failed=failed.get("revision"),
+                failed_reason=failed.get("reason"),
+                free_gpus=max(
+                    0, obs.free_gpus.get(option.gpu_type, 0) - unscheduled_gpus(obs.pods)
+                ),
+                config=rollout_config(isvc.spec.rollout),
+                analysis=obs.analysis,
+                analysis_message=obs.analysis_message,
+                quality=obs.quality,
+                quality_message=obs.quality_message,
+                previous_phase=prev_rev.get("phase"),
+            )
+        )
+        target = rollout.replicas.get(revision, 0)
+        render = replace(render, replicas=target)
+        stable_live = live.get(rollout.stable)
+        port = None
+        if rollout.stable != revision and stable_live is not None:
+            port = service_port(stable_live.deployment)
+        dep_name = t_live.name if t_live is not None else deployment_name(isvc.name, revision)
+        objects = desired_objects(
+            isvc, render, deployment=dep_name, port=port, annotations=capacity_annotations(cap)
+        )
+        if t_live is None and target == 0:
+            objects = objects[:-1]  # a failed revision gets no Deployment again
+        for obj in objects:
+            live_obj = (
+                t_live.deployment if obj["kind"] == "Deployment" and t_live is not None
+                else obs.children.get(obj["kind"]) if obj["kind"] != "Deployment" else None
+            )  # fmt: skip
+            if live_obj is not None and contains(live_obj, obj):
                 continue
             apply.append(obj)
-            verb = "Created" if live is None else "Updated"
+            verb = "Created" if live_obj is None else "Updated"
             events.append(
                 Event(
                     "Normal",
                     f"{verb}{obj['kind']}",
-                    f"{verb.lower()} {object_ref(obj)} ({_why(obj, render, live)})",
+                    f"{verb.lower()} {object_ref(obj)} ({_why(obj, render, live_obj)})",
                 )
             )
+        for rev, lr in live.items():
+            if rev == revision or rev in rollout.retire:
+                continue
+            want = rollout.replicas.get(rev, 0)
+            if int((lr.deployment.get("spec") or {}).get("replicas") or 0) != want:
+                scale.append((lr.name, want))
+        delete = [live[r].name for r in rollout.retire if r in live and r != revision]
+        events.extend(Event(e.type, e.reason, e.message) for e in rollout.events)
         if (
             placement.replicas_placed < placement.replicas_wanted
             and _reason(obs.previous, "Placed") != placement.reason
         ):
             events.append(Event("Warning", placement.reason, placement.message))
-    observed = Observed.from_deployment(live_dep)
+    observed = combined_observed(obs.deployments) if obs.deployments else None
+    observed = observed or Observed.from_deployment(live_dep)
+    total = target if rollout is None else sum(rollout.replicas.values())
     if placement is None:
         conds = [Condition("Placed", "False", "Planning", "waiting for the pool plan")]
     else:
-        conds = serving_conditions(placement, observed, target, PodFacts.from_pods(obs.pods))
+        conds = serving_conditions(placement, observed, total, PodFacts.from_pods(obs.pods))
         draining = draining_replicas(obs)
         if draining and placement.option is not None:
             conds = _maintenance(conds, placement, draining)
+        if rollout is not None and rollout.phase != "Stable":
+            conds = [c for c in conds if c.type != "Progressing"]
+            done = rollout.phase == "RolledBack"
+            conds.append(
+                Condition("Progressing", "False" if done else "True", rollout.reason,
+                          rollout.message)
+            )  # fmt: skip
     status = compute_status(
         previous=obs.previous, generation=obs.generation, name=obs.name, placement=placement,
-        observed=observed, target=target, revision=revision, conditions=conds, now=obs.now,
+        observed=observed, target=total, revision=revision, conditions=conds, now=obs.now,
         gpu_product=obs.gpu_product,
     )  # fmt: skip
+    if rollout is not None:
+        status["revisions"] = revisions_status(obs.previous, rollout, obs.now)
+    elif "revisions" in obs.previous:
+        status["revisions"] = dict(obs.previous["revisions"])
     new_status: dict[str, Any] | None = None
     if status_changed(obs.previous, status):
         new_status = status
@@ -173,7 +275,60 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         events=tuple(events),
         target_replicas=target,
         revision=revision,
+        scale=tuple(scale),
+        delete=tuple(delete),
+        rollout=rollout,
     )
+
+
+def combined_observed(deployments: Sequence[Mapping[str, Any]]) -> Observed | None:
+    """One Observed over every revision's Deployment (counts summed)."""
+    parts = [o for d in deployments if (o := Observed.from_deployment(d)) is not None]
+    if not parts:
+        return None
+    rolled = all(
+        o.observed_generation is not None
+        and o.generation is not None
+        and o.observed_generation >= o.generation
+        for o in parts
+    )
+    return Observed(
+        generation=1,
+        observed_generation=1 if rolled else 0,
+        replicas=sum(o.replicas for o in parts),
+        ready_replicas=sum(o.ready_replicas for o in parts),
+        updated_replicas=sum(o.updated_replicas for o in parts),
+        spec_replicas=sum(o.spec_replicas for o in parts),
+        conditions=(),
+    )
+
+
+def revisions_status(previous: Mapping[str, Any], rollout: RolloutPlan, now: str) -> dict[str, Any]:
+    """status.revisions: stable, canary and progress; the gates' state carried over while
+    the same canary rolls out."""
+    prev: Mapping[str, Any] = previous.get("revisions") or {}
+    out: dict[str, Any] = {"stable": rollout.stable, "phase": rollout.phase}
+    if rollout.canary is not None:
+        out["canary"] = rollout.canary
+        out["canaryWeight"] = rollout.canary_weight or 0
+        if rollout.step:
+            out["step"] = rollout.step
+        if rollout.baseline is not None:
+            out["baselineCapacity"] = round(rollout.baseline, 1)
+        if prev.get("canary") == rollout.canary:
+            for key in ("analysis", "quality"):
+                if prev.get(key):
+                    out[key] = prev[key]
+    out["readyCapacity"] = round(rollout.ready_capacity, 1)
+    if rollout.failed is not None:
+        rev, reason, message = rollout.failed
+        old = prev.get("failed") or {}
+        stamp = old.get("time") if old.get("revision") == rev else now
+        out["failed"] = {"revision": rev, "reason": reason, "message": message[:4096],
+                         "time": stamp}  # fmt: skip
+    elif prev.get("failed"):
+        out["failed"] = prev["failed"]
+    return out
 
 
 def draining_replicas(obs: Observation) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvpilot.api.parse import InferenceService
-from kvpilot.resources.deployment import build_deployment, vllm_args
+from kvpilot.resources.deployment import build_deployment, deployment_name, vllm_args
 from kvpilot.resources.labels import pod_labels, selector_labels, selector_string
 from kvpilot.resources.pdb import build_pdb
 from kvpilot.resources.plan import RenderPlan, render_plan
@@ -13,9 +13,22 @@ from kvpilot.resources.revision import compute_revision
 from kvpilot.resources.service import build_service
 
 
-def desired_objects(isvc: InferenceService, plan: RenderPlan) -> list[dict[str, Any]]:
-    """Everything to apply for `isvc`, in apply order (Service and PDB before pods)."""
-    return [build_service(isvc), build_pdb(isvc), build_deployment(isvc, plan)]
+def desired_objects(
+    isvc: InferenceService,
+    plan: RenderPlan,
+    *,
+    deployment: str | None = None,
+    port: int | None = None,
+    annotations: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Everything to apply for `isvc`, in apply order (Service and PDB before pods):
+    the Deployment of `plan.revision` named `deployment` (default `<service>-<revision>`),
+    the Service on `port` (default the spec's)."""
+    return [
+        build_service(isvc, port),
+        build_pdb(isvc),
+        build_deployment(isvc, plan, name=deployment, annotations=annotations),
+    ]
 
 
 __all__ = [
@@ -24,6 +37,7 @@ __all__ = [
     "build_pdb",
     "build_service",
     "compute_revision",
+    "deployment_name",
     "desired_objects",
     "pod_labels",
     "render_plan",

@@ -208,9 +208,36 @@ def _probes(rt: RuntimeSpec) -> dict[str, Any]:
     }
 
 
-def build_deployment(isvc: InferenceService, plan: RenderPlan) -> dict[str, Any]:
-    """The Deployment running `plan.replicas` vLLM replicas of the current revision."""
+def deployment_name(service: str, revision: str) -> str:
+    """One Deployment per revision: `<service>-<revision>` (a Deployment named after the
+    service is one made before revisions had their own, kept until its revision retires)."""
+    return f"{service}-{revision}"
+
+
+def build_deployment(
+    isvc: InferenceService,
+    plan: RenderPlan,
+    *,
+    name: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Deployment running `plan.replicas` vLLM replicas of `plan.revision`.
+
+    Its selector includes the revision, so the Deployments of two revisions never
+    count each other's pods; `name` equal to the service's keeps the selector such a
+    Deployment was created with (selectors are immutable), so it is taken over as is.
+    """
     rt = isvc.spec.runtime
+    name = name or deployment_name(isvc.name, plan.revision)
+    selector = (
+        selector_labels(isvc.name)
+        if name == isvc.name
+        else {**selector_labels(isvc.name), REVISION: plan.revision}
+    )
+    meta = object_meta(isvc, {**common_labels(isvc.name), REVISION: plan.revision})
+    meta["name"] = name
+    if annotations:
+        meta["annotations"] = dict(annotations)
     volumes, mounts = _volumes(isvc)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -227,11 +254,11 @@ def build_deployment(isvc: InferenceService, plan: RenderPlan) -> dict[str, Any]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": object_meta(isvc, {**common_labels(isvc.name), REVISION: plan.revision}),
+        "metadata": meta,
         "spec": {
             "replicas": plan.replicas,
             "revisionHistoryLimit": REVISION_HISTORY_LIMIT,
-            "selector": {"matchLabels": selector_labels(isvc.name)},
+            "selector": {"matchLabels": selector},
             # Never below the ready count during a roll: a GPU replica takes minutes to load.
             "strategy": {
                 "type": "RollingUpdate",

@@ -10,8 +10,13 @@ from kvpilot.resources.labels import common_labels, selector_labels
 from kvpilot.resources.meta import object_meta
 
 
-def build_service(isvc: InferenceService) -> dict[str, Any]:
-    """ClusterIP Service on the runtime port, selecting every revision's pods."""
+def build_service(isvc: InferenceService, port: int | None = None) -> dict[str, Any]:
+    """ClusterIP Service selecting every revision's pods.
+
+    The target port is the container port's name, so each pod is reached on the port it
+    listens on; `port` (the stable revision's, until a canary is promoted) is where
+    clients connect, so a port change does not move them before the new pods serve.
+    """
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -22,7 +27,7 @@ def build_service(isvc: InferenceService) -> dict[str, Any]:
             "ports": [
                 {
                     "name": PORT_NAME,
-                    "port": isvc.spec.runtime.port,
+                    "port": isvc.spec.runtime.port if port is None else port,
                     "targetPort": PORT_NAME,
                     "protocol": "TCP",
                 }
