@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from kvpilot.api.spec import AnalysisSpec
 from kvpilot.autoscaling.prometheus import PrometheusMetricsSource
 from kvpilot.autoscaling.revisions import RevisionMetricsUnavailableError, fetch_windows
 from kvpilot.rollout.analysis import (
@@ -38,6 +39,7 @@ def run_analysis(  # noqa: PLR0917 (one flat call site in the rollout reconcile)
     canary_rev: str,
     *,
     canary_ready: bool,
+    rollout_step: str | None = None,
     now: float | None = None,
 ) -> AnalysisStep:
     """The next analysis step; ``previous`` is ``status.revisions.analysis`` as stored."""
@@ -53,7 +55,10 @@ def run_analysis(  # noqa: PLR0917 (one flat call site in the rollout reconcile)
                 )
             except RevisionMetricsUnavailableError as exc:
                 observed = unavailable_verdict(str(exc))
-    result = step(previous, cfg, canary_rev, at, canary_ready=canary_ready, observed=observed)
+    result = step(
+        previous, cfg, canary_rev, at,
+        canary_ready=canary_ready, observed=observed, rollout_step=rollout_step,
+    )  # fmt: skip
     if observed is not None:
         log.info(
             "Analysed inferenceservice=%s/%s canary=%s stable=%s observed=%s verdict=%s "
@@ -62,3 +67,20 @@ def run_analysis(  # noqa: PLR0917 (one flat call site in the rollout reconcile)
             result.decision, result.state.failures, result.state.consecutive_passes,
         )  # fmt: skip
     return result
+
+
+def analysis_config(spec: AnalysisSpec) -> AnalysisConfig:
+    """``spec.rollout.analysis`` as the pure analysis' configuration."""
+    return AnalysisConfig(
+        interval_s=spec.interval_seconds,
+        window_s=spec.window_seconds,
+        min_requests=spec.min_requests,
+        max_error_rate_ratio=spec.max_error_rate_ratio,
+        error_rate_floor=spec.error_rate_floor,
+        max_ttft_p95_ratio=spec.max_ttft_p95_ratio,
+        max_itl_ratio=spec.max_itl_ratio,
+        failure_limit=spec.failure_limit,
+        inconclusive_policy=spec.inconclusive_policy,
+        inconclusive_timeout_s=spec.inconclusive_timeout_seconds,
+        ready_timeout_s=spec.ready_timeout_seconds,
+    )

@@ -211,6 +211,7 @@ class AnalysisState:
     """The analysis of one canary revision so far; round-trips through status."""
 
     revision: str = ""
+    step: str = ""
     started: float | None = None
     failures: int = 0
     consecutive_passes: int = 0
@@ -284,6 +285,7 @@ class AnalysisState:
         """The status form (camelCase keys, RFC 3339 times, no empty values)."""
         out: dict[str, Any] = {
             "revision": self.revision,
+            "step": self.step,
             "startedAt": _iso(self.started),
             "failures": self.failures,
             "consecutivePasses": self.consecutive_passes,
@@ -303,6 +305,7 @@ class AnalysisState:
         verdict = data.get("lastVerdict")
         return cls(
             revision=str(data.get("revision", "")),
+            step=str(data.get("step", "")),
             started=_epoch(data.get("startedAt")),
             failures=int(data.get("failures", 0)),
             consecutive_passes=int(data.get("consecutivePasses", 0)),
@@ -369,6 +372,11 @@ def unavailable_verdict(reason: str) -> Verdict:
     return Verdict("Inconclusive", "MetricsUnavailable", reason)
 
 
+def _step_key(rollout_step: str | None) -> str:
+    """The step reached ("1/2" of "1/2 promoting"): what fresh evidence is needed for."""
+    return (rollout_step or "").split(" ", 1)[0]
+
+
 def step(
     previous: Mapping[str, Any] | None,
     cfg: AnalysisConfig,
@@ -377,17 +385,23 @@ def step(
     *,
     canary_ready: bool,
     observed: tuple[RevisionWindow, RevisionWindow] | Verdict | None,
+    rollout_step: str | None = None,
 ) -> AnalysisStep:
     """Folds one observation into the stored state (``status.revisions.analysis``).
 
     ``observed``: (stable, canary) windows, a ready-made verdict (e.g.
     `unavailable_verdict`), or None when no window was due. A stored state of
-    another revision is stale and starts over. Events: a Warning per failed window,
-    and one for the decision when it is not Continue.
+    another revision is stale and starts over; when the rollout reaches another step
+    (``rollout_step``, e.g. "1/2"), the passes start over (each step needs fresh
+    evidence) while the failures count on. A failed window asks for a Warning Event;
+    the rollout planner tells of the rollback or promotion itself.
     """
     state = AnalysisState.from_dict(previous)
     if state.revision != canary_rev:
         state = AnalysisState.start(canary_rev, now)
+    key = _step_key(rollout_step)
+    if state.step != key:
+        state = replace(state, step=key, consecutive_passes=0)
     events: list[AnalysisEvent] = []
     if canary_ready and observed is not None:
         verdict = observed if isinstance(observed, Verdict) else evaluate(*observed, cfg)
@@ -403,8 +417,4 @@ def step(
             )
     decision = state.decision(cfg, now, canary_ready=canary_ready)
     message = state.explain(cfg, now, canary_ready=canary_ready)
-    if decision == "Rollback":
-        events.append(AnalysisEvent("Warning", "RollingBack", message))
-    elif decision == "Promote":
-        events.append(AnalysisEvent("Normal", "Promoting", message))
     return AnalysisStep(state, decision, message, tuple(events))
