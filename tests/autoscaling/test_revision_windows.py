@@ -95,7 +95,7 @@ def test_fetch_windows(prom_url: tuple[str, list[dict[str, str]]]) -> None:
     assert stable == RevisionWindow(requests=120, errors=0, ttft_p95_s=0.25, itl_p95_s=0.02)
     assert canary == RevisionWindow(requests=30.5, errors=6, ttft_p95_s=None, itl_p95_s=0.06)
     assert {p["time"] for p in seen} == {f"{NOW:.3f}"}
-    assert all("[45s]" in p["query"] for p in seen)
+    assert all("45s" in p["query"] for p in seen)
     assert all('namespace="serving",inference_service="llm",revision=' in p["query"] for p in seen)
 
 
@@ -125,5 +125,5 @@ def test_queries_read_only_contract_checked_metrics() -> None:
 
 def test_window_rounds_up_to_whole_seconds() -> None:
     rendered = render_revision_queries(RevisionQueries(), "x", 29.2)
-    assert "[30s]" in rendered["requests"]
+    assert "offset 30s" in rendered["requests"]
     assert PromQLTemplates().revision_selector == ',revision="$revision"'

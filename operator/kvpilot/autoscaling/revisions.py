@@ -28,17 +28,31 @@ from kvpilot.autoscaling.source import ServiceRef
 from kvpilot.rollout.analysis import RevisionWindow
 
 
+def counted_in_window(series: str) -> str:
+    """PromQL for what a counter counted over the last ``$window``, series born in the
+    window included.
+
+    ``increase()`` needs two samples of a series, so the first value of a series that
+    appears mid-window is lost; and vLLM's front end creates the ``5xx`` series at the
+    first failure, a new canary pod its series at its first request: exactly the
+    evidence a canary analysis needs first. So: now minus a window ago for series
+    that existed then (a reset counts as nothing), plus the whole value of newer ones.
+    """
+    return (
+        f"(sum(clamp_min({series} - {series} offset $window, 0)) or vector(0)) + "
+        f"(sum({series} unless {series} offset $window) or vector(0))"
+    )
+
+
+_COMPLETIONS = 'handler=~"/v1/(chat/)?completions"'
+
+
 @dataclass(frozen=True)
 class RevisionQueries:
     """PromQL per quantity; ``$selector`` is one revision's matchers, ``$window`` a range."""
 
-    requests: str = (
-        'sum(increase(http_requests_total{$selector,handler=~"/v1/(chat/)?completions"}[$window]))'
-    )
-    errors: str = (
-        "sum(increase(http_requests_total"
-        '{$selector,handler=~"/v1/(chat/)?completions",status="5xx"}[$window]))'
-    )
+    requests: str = counted_in_window(f"http_requests_total{{$selector,{_COMPLETIONS}}}")
+    errors: str = counted_in_window(f'http_requests_total{{$selector,{_COMPLETIONS},status="5xx"}}')
     ttft_p95: str = (
         "histogram_quantile(0.95, sum by (le) "
         "(rate(vllm:time_to_first_token_seconds_bucket{$selector}[$window])))"
