@@ -124,3 +124,15 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
 def condition_true(obj: dict[str, Any] | None, ctype: str) -> bool:
     c = condition(obj, ctype)
     return c is not None and c.get("status") == "True"
+
+
+def service_deployment(kube: Kube, namespace: str, service: str) -> dict[str, Any] | None:
+    """The Deployment of an InferenceService's current revision (one per live revision,
+    named `<service>-<revision>`); the newest when a rollout leaves two."""
+    items = kube.json(
+        "get", "deployments", "-n", namespace, "-l", f"kvpilot.io/inference-service={service}"
+    )["items"]
+    if not items:
+        return None
+    newest: dict[str, Any] = max(items, key=lambda d: d["metadata"]["creationTimestamp"])
+    return newest

@@ -363,11 +363,22 @@ class _Backoff:
     not_before: float = 0.0
 
 
+def pre_stop_sleep(pod: Mapping[str, Any]) -> float:
+    """Seconds of the longest preStop sleep among the pod's containers."""
+    out = 0.0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {})
+        out = max(out, float(sleep.get("seconds") or 0))
+    return out
+
+
 @dataclass
 class _Terminating:
     process: subprocess.Popen[bytes]
     state_file: Path
     kill_at: float
+    #: when SIGTERM goes (after the pod's preStop sleep, as the kubelet does); 0: sent
+    term_at: float = 0.0
 
 
 # --------------------------------------------------------------------------- runner
@@ -639,6 +650,7 @@ class PodRunner:
                     "pod deleted"
                     if pod is None or pod["metadata"].get("deletionTimestamp")
                     else "pod not served",
+                    pre_stop=pre_stop_sleep(pod) if pod is not None else 0.0,
                 )
             self._backoff.pop(key, None)
             self._skipped.discard(key)
@@ -841,28 +853,42 @@ class PodRunner:
             )
         return python, vllm_cpu.tiny_model_dir(python)
 
-    def _begin_stop(self, replica: _Replica, reason: str) -> None:
+    def _begin_stop(self, replica: _Replica, reason: str, pre_stop: float = 0.0) -> None:
+        """Take the replica out of the targets now; SIGTERM after the pod's preStop sleep
+        (the kubelet runs preStop first), so clients stop picking it before it stops."""
         key = (replica.info.namespace, replica.info.pod)
         stem = file_stem(key)
         with self._lock:
             if self._replicas.get(key) is replica:
                 del self._replicas[key]
         _unlink(self.paths.targets / f"{stem}.json")
-        _kill_group(replica.process.pid, signal.SIGTERM)
+        now = time.monotonic()
+        if pre_stop <= 0:
+            _kill_group(replica.process.pid, signal.SIGTERM)
         self._terminating.append(
             _Terminating(
                 replica.process,
                 self.paths.state / f"{stem}.json",
-                time.monotonic() + self.stop_timeout,
+                now + pre_stop + self.stop_timeout,
+                term_at=now + pre_stop if pre_stop > 0 else 0.0,
             )
         )
-        log.info("Stopping replica pod=%s/%s pid=%d reason=%r", *key, replica.process.pid, reason)
+        log.info(
+            "Stopping replica pod=%s/%s pid=%d reason=%r pre_stop=%.0fs",
+            *key, replica.process.pid, reason, pre_stop,
+        )  # fmt: skip
 
     def _finish_terminating(self, *, wait: bool) -> None:
         while self._terminating:
             left: list[_Terminating] = []
             for t in self._terminating:
                 pid, now = t.process.pid, time.monotonic()
+                if t.term_at and t.process.poll() is None:
+                    if now < t.term_at:
+                        left.append(t)
+                        continue
+                    _kill_group(pid, signal.SIGTERM)
+                    t.term_at = 0.0
                 if t.process.poll() is None:
                     if now < t.kill_at:
                         left.append(t)

@@ -12,7 +12,7 @@ import pytest
 from e2e.chaos import PLURAL, converged
 from e2e.conftest import Cluster
 from e2e.faultproxy import FaultProxy, Faults
-from e2e.helpers import wait_for
+from e2e.helpers import service_deployment, wait_for
 from e2e.operator import OperatorProcess, install_crds
 from e2e.test_core import small
 from e2e.test_operator import apply
@@ -64,7 +64,7 @@ def test_operator_converges_through_api_faults(
                 timeout=180, what="convergence after changes through the faults", interval=1.0,
             )  # fmt: skip
             assert problems == []
-            dep = kube.get("deployment", "a", namespace)
+            dep = service_deployment(kube, namespace, "a")
             assert dep is not None and dep["spec"]["replicas"] == 3
             assert op.proc is not None and op.proc.poll() is None, "the operator exited"
         finally:

@@ -24,7 +24,7 @@ import pytest
 
 from e2e import devcluster
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, condition, wait_for
+from e2e.helpers import Kube, condition, service_deployment, wait_for
 from e2e.operator import OperatorProcess
 from e2e.test_podrunner import apply, isvc_manifest, prometheus
 from kvpilot_runtime.loadgen import (
@@ -98,7 +98,7 @@ class Watch:
         return int(self.isvc()["spec"].get("replicas") or 0)
 
     def ready_replicas(self) -> int:
-        dep = self.kube.get("deployment", self.name, self.ns) or {}
+        dep = service_deployment(self.kube, self.ns, self.name) or {}
         return int((dep.get("status") or {}).get("readyReplicas") or 0)
 
     def scaling_active(self) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from e2e.conftest import Cluster
-from e2e.helpers import GC_TIMEOUT, Kube, condition_true, wait_for
+from e2e.helpers import GC_TIMEOUT, Kube, condition_true, service_deployment, wait_for
 from e2e.operator import OperatorProcess, running_operator, service_account_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,14 +180,14 @@ def test_operator_as_the_chart_identity_creates_scales_rolls_and_deletes(
                 timeout=120,
                 what="the new revision Ready",
             )
-            dep = kube.get("deployment", "llama", ns)
+            dep = service_deployment(kube, ns, "llama")
             assert dep is not None
             args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
             assert args[args.index("--max-model-len") + 1] == "4096"
             assert rolled["status"]["readyReplicas"] == 2
             kube("delete", "inferenceservice", "llama", "-n", ns)
             wait_for(
-                lambda: kube.get("deployment", "llama", ns),
+                lambda: service_deployment(kube, ns, "llama"),
                 lambda d: d is None,
                 timeout=GC_TIMEOUT,
                 what="the Deployment to go with its InferenceService",
@@ -301,7 +301,7 @@ def test_namespaced_mode_works_with_only_a_role(cluster: Cluster, release: str) 
             kube("scale", "-n", served, "inferenceservice/small", "--replicas=2")
             wait_ready(kube, served, "small", 2)
             apply(kube, other, service("ignored"))
-            assert kube.get("deployment", "small", served) is not None
+            assert service_deployment(kube, served, "small") is not None
         text = log.read_text()
         assert "Forbidden" not in text and " 403" not in text, text[-3000:]
         ignored = kube.get("inferenceservice", "ignored", other)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from e2e.conftest import Cluster
-from e2e.helpers import GC_TIMEOUT, Kube, condition, wait_for
+from e2e.helpers import GC_TIMEOUT, Kube, condition, service_deployment, wait_for
 from e2e.operator import OperatorProcess
 from e2e.test_operator import apply, example, isvc, wait_ready
 
@@ -114,7 +114,7 @@ def test_existing_object_of_the_same_name_is_never_adopted(kube: Kube, namespace
     assert after["metadata"].get("ownerReferences") is None
     assert after["spec"]["selector"] == theirs["spec"]["selector"]
     assert after["metadata"]["resourceVersion"] == theirs["metadata"]["resourceVersion"]
-    assert kube.get("deployment", "clash", namespace) is None
+    assert service_deployment(kube, namespace, "clash") is None
     assert kube.get("poddisruptionbudget", "clash", namespace) is None
     events = kube.json("get", "events", "-n", namespace, "--field-selector", "reason=NameConflict")
     assert len(events["items"]) == 1

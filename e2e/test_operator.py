@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from e2e.conftest import Cluster
-from e2e.helpers import GC_TIMEOUT, Kube, condition, condition_true, wait_for
+from e2e.helpers import GC_TIMEOUT, Kube, condition, condition_true, service_deployment, wait_for
 from e2e.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_example_becomes_ready_with_expected_objects(kube: Kube, namespace: str)
     assert status["placement"]["tensorParallel"] == 4
     assert status["selector"] == f"kvpilot.io/inference-service={name}"
 
-    dep = kube.get("deployment", name, namespace)
+    dep = service_deployment(kube, namespace, name)
     assert dep is not None
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "InferenceService"
     container = dep["spec"]["template"]["spec"]["containers"][0]
@@ -152,7 +152,7 @@ def test_pod_irrelevant_edit_keeps_pods_and_model_edit_rolls(kube: Kube, namespa
         timeout=90,
         what="pods of the new revision to replace the old ones",
     )
-    dep = kube.get("deployment", name, namespace)
+    dep = service_deployment(kube, namespace, name)
     assert dep is not None
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--max-model-len") + 1] == "4096"
@@ -164,7 +164,7 @@ def test_drift_is_repaired(kube: Kube, namespace: str) -> None:
     name = obj["metadata"]["name"]
     apply(kube, namespace, obj)
     wait_ready(kube, namespace, name, 1)
-    dep = kube.get("deployment", name, namespace)
+    dep = service_deployment(kube, namespace, name)
     assert dep is not None
     good_args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
 

@@ -122,6 +122,7 @@ def deployment(
                             "startupProbe": probe(10, 5, startup_failures),
                             "readinessProbe": probe(5, 5, 3),
                             "livenessProbe": probe(10, 10, 6),
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
                         }
                     ],
                     "volumes": volumes,

@@ -160,6 +160,8 @@ class Controller:
         self._dirty_since = 0.0
         self._free: dict[str, int] | None = None
         self._analysis_due: dict[Key, float] = {}
+        #: services whose spec is newer than the pool plan: reconciled after the next one
+        self._after_plan: set[Key] = set()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -304,6 +306,8 @@ class Controller:
         """Take a new pool plan; queue the services whose slice changed."""
         old = self.pool
         self.pool = pool
+        self._queue.update(self._after_plan)
+        self._after_plan.clear()
         for ns, name in self.view.keys("InferenceService"):
             before = old.slice(ns, name) if old is not None else None
             if old is None or before != pool.slice(ns, name):
@@ -352,10 +356,31 @@ class Controller:
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 self.metrics.forget(*key)
                 return None
+            if self._planned_before(body):
+                # The spec changed after the pool plan was made: its slice (TP, GPU type)
+                # belongs to the old spec, and a revision rendered from both would be one
+                # nobody asked for. Reconciled again once the pool is re-planned.
+                self._after_plan.add(key)
+                self._pool_dirty = True
+                self._poke_threadsafe()
+                return None
             obs = self.observe(body)
             plan = plan_reconcile(obs)
             self.execute(body, obs, plan)
             return plan
+
+    def _planned_before(self, body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata") or {}
+        if self.pool is None:
+            return False
+        planned = self.pool.planned_from(meta.get("namespace", ""), meta.get("name", ""))
+        generation = meta.get("generation")
+        return planned is not None and generation is not None and planned < int(generation)
+
+    def _poke_threadsafe(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._poke)
 
     def observe(self, body: Mapping[str, Any]) -> Observation:
         """Everything the pure plan needs, from the caches (one GET per missing child)."""
@@ -530,6 +555,14 @@ class Controller:
                     "Applied %s/%s/%s revision=%s replicas=%d",
                     obj["kind"], ns, name, plan.revision, plan.target_replicas,
                 )  # fmt: skip
+        ro = plan.rollout
+        if ro is not None and ro.canary is not None and (plan.scale or plan.apply or plan.delete):
+            log.info(
+                "Rollout inferenceservice=%s/%s phase=%s reason=%s replicas=%s ready_capacity=%.0f "
+                "baseline=%.0f free_gpus=%s",
+                ns, name, ro.phase, ro.reason, ro.replicas, ro.ready_capacity, ro.baseline or 0,
+                dict(obs.free_gpus),
+            )  # fmt: skip
         for dep_name, replicas in plan.scale:
             result = self.kube.scale_deployment(ns, dep_name, replicas)
             self.view.note_written("Deployment", result)

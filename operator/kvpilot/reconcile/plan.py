@@ -191,7 +191,7 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
                 failed=failed.get("revision"),
                 failed_reason=failed.get("reason"),
                 free_gpus=max(
-                    0, obs.free_gpus.get(option.gpu_type, 0) - unscheduled_gpus(obs.pods)
+                    0, obs.free_gpus.get(option.gpu_type, 0) - unscheduled_gpus(obs.pods, deps)
                 ),
                 config=rollout_config(isvc.spec.rollout),
                 analysis=obs.analysis,

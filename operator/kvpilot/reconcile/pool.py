@@ -31,6 +31,12 @@ class Pool:
     inventory: Inventory
     plan: PlacementPlan
     products: Mapping[str, str] = field(default_factory=dict)  # GPU type -> node product label
+    #: service key -> the metadata.generation its slice was planned from
+    generations: Mapping[str, int] = field(default_factory=dict)
+
+    def planned_from(self, namespace: str, name: str) -> int | None:
+        """The generation of the spec this service's slice was planned from."""
+        return self.generations.get(service_key(namespace, name))
 
     @cached_property
     def _by_name(self) -> dict[str, ServicePlacement]:
@@ -51,7 +57,7 @@ class Pool:
 
 
 def plan_pool(
-    services: Iterable[InferenceService],
+    services: Sequence[InferenceService],
     nodes: Iterable[Mapping[str, Any]],
     gpu_pods: Sequence[Mapping[str, Any]],
     *,
@@ -93,7 +99,10 @@ def plan_pool(
                 desired_replicas=replicas,
             )
         plan = planner.plan([specs[k] for k in sorted(specs)], inventory, running)
-    return Pool(inventory=inventory, plan=plan, products=products)
+    generations = {
+        service_key(s.namespace, s.name): s.generation for s in services if s.generation is not None
+    }
+    return Pool(inventory=inventory, plan=plan, products=products, generations=generations)
 
 
 def _capped(spec: ServiceSpec, namespace: str, tenants: TenantPolicy) -> ServiceSpec:

@@ -120,6 +120,9 @@ def revision_state(
     waits = [w for p in mine if (w := _unschedulable_since(p)) is not None]
     pending_s = max(((now_t - w).total_seconds() for w in waits), default=0.0) if now_t else 0.0
     desired = int(((live.deployment.get("spec") or {}).get("replicas") or 0) if live else 0)
+    # Pods beyond the Deployment's replicas are about to go: a scale-down the cache has
+    # not seen carried out yet must not count as ready capacity twice.
+    ready = min(ready, desired)
     return RevisionState(
         revision=revision,
         desired=desired,
@@ -177,14 +180,20 @@ def rollout_config(spec: RolloutSpec) -> RolloutConfig:
     )
 
 
-def unscheduled_gpus(pods: Sequence[Mapping[str, Any]]) -> int:
-    """GPUs the service's pods wait for (not bound yet): free GPUs they will take."""
-    return sum(
-        pod_gpu_request(p)
-        for p in pods
-        if not (p.get("spec") or {}).get("nodeName")
-        and not (p.get("metadata") or {}).get("deletionTimestamp")
-    )
+def unscheduled_gpus(
+    pods: Sequence[Mapping[str, Any]], deployments: Sequence[Mapping[str, Any]]
+) -> int:
+    """GPUs the service will take beyond what its bound pods hold: each Deployment's
+    replicas without a bound pod (not created yet, or waiting for the scheduler). Free
+    GPUs minus these are what a surge may still claim."""
+    total = 0
+    for lr in live_revisions(deployments).values():
+        want = int((lr.deployment.get("spec") or {}).get("replicas") or 0)
+        bound = sum(
+            1 for p in live_pods(pods, lr.revision) if (p.get("spec") or {}).get("nodeName")
+        )
+        total += max(0, want - bound) * deployment_gpus(lr.deployment)
+    return total
 
 
 def equivalent_ready(

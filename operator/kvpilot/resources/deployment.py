@@ -47,6 +47,10 @@ RUN_AS_USER: Final = 1000
 HOME: Final = "/tmp"
 
 STARTUP_PERIOD_SECONDS: Final = 10
+# A deleted pod leaves the Service's endpoints while it is already stopping; vLLM keeps
+# serving this long first, so clients that still pick it (endpoint propagation, routers
+# refreshing their lists) are not refused during a rollout or scale-down.
+PRE_STOP_SLEEP_SECONDS: Final = 5
 REVISION_HISTORY_LIMIT: Final = 3
 # vLLM's flag for each quantization; int8 (W8A8) checkpoints are detected from their
 # config and have no flag of their own.
@@ -251,6 +255,10 @@ def build_deployment(
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         **_probes(rt),
     }
+    if name != isvc.name:
+        # A Deployment taken over keeps the template it was created with: any template
+        # change would restart its pods.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

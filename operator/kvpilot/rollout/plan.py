@@ -269,7 +269,9 @@ def plan_rollout(inp: RolloutInput) -> RolloutPlan:
             # stable replica stays until promotion (rollback restores from it).
             keep = 0 if share >= 1.0 else max(1, math.floor((1.0 - share) * baseline / cap_s))
             room_ok = desired_s - per >= keep
-            if room_ok and ready_cap - lost >= bound - 1e-6:
+            if desired_s <= keep:
+                pass  # nothing left to replace: the canary waits for what was released
+            elif room_ok and ready_cap - lost >= bound - 1e-6:
                 desired_s -= per
                 freed = per * s.gpus_per_replica + max(0, budget - surge * t.gpus_per_replica)
                 desired_t += max(0, min(short, freed // t.gpus_per_replica))
@@ -300,7 +302,10 @@ def plan_rollout(inp: RolloutInput) -> RolloutPlan:
                 f"{t.revision} pods wait for GPUs; replacing stable replicas of {s.revision}"
             )
     if phase == "Surging":
-        message = f"surging {t.revision} onto free GPUs ({surge} replica(s) added)"
+        message = (
+            f"surging {t.revision} onto free GPUs ({surge} replica(s) added, "
+            f"{inp.free_gpus} GPU(s) were free)"
+        )
     if phase == "Waiting":
         if quality_wait:
             reason, message = "QualityGate", f"comparing {t.revision} with {s.revision}"

@@ -1,0 +1,280 @@
+"""Rollouts to a quantized variant under steady load: BF16 TP4 -> AWQ TP1 on the A100s.
+
+A watcher samples, every half second, the ready serving capacity (ready pods weighed by
+their revision's capacity estimate) and the GPUs that bound pods hold on the A100 nodes.
+The figures each test measured are printed (pytest -s) for docs/rollouts.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from e2e.conftest import Cluster
+from e2e.helpers import Kube, wait_for
+from e2e.operator import OperatorProcess
+from e2e.test_operator import apply, isvc, pods_of
+from kvpilot_runtime.loadgen import (
+    LoadConfig,
+    Segment,
+    discover_targets,
+    fixed_lengths,
+    run,
+    schedule_arrivals,
+)
+
+pytestmark = pytest.mark.usefixtures("operator", "pod_runner")
+
+BF16 = "hf://meta-llama/Llama-3.1-70B-Instruct"
+AWQ = "hf://hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
+A100_GPUS = 16
+CAPACITY = "kvpilot.io/capacity-tokens-per-second"
+
+
+def spec(name: str, source: str, quant: str, tensor: int, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kvpilot.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"source": source, "quantization": quant, "maxModelLen": 8192},
+            "parallelism": {"tensor": tensor},
+            "placement": {"gpuTypes": ["A100-80GB"], "priority": 100},
+            "scaling": {"minReplicas": replicas, "maxReplicas": replicas},
+            "rollout": {"steps": [50], "maxUnavailable": 25, "analysis": {"enabled": False}},
+        },
+    }
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+class Watcher:
+    """Samples ready capacity and A100 GPUs in use until stopped."""
+
+    def __init__(self, kube: Kube, ns: str, name: str) -> None:
+        self.kube, self.ns, self.name = kube, ns, name
+        self.min_capacity = float("inf")
+        self.max_gpus = 0
+        self.pending_since: dict[str, float] = {}
+        self.longest_pending = 0.0
+        self.stop = threading.Event()
+
+    def capacities(self) -> dict[str, float]:
+        deps = self.kube.json(
+            "get", "deployments", "-n", self.ns, "-l", f"kvpilot.io/inference-service={self.name}"
+        )["items"]
+        out = {}
+        for d in deps:
+            rev = d["spec"]["template"]["metadata"]["labels"]["kvpilot.io/revision"]
+            out[rev] = float((d["metadata"].get("annotations") or {}).get(CAPACITY, "0"))
+        return out
+
+    def sample(self) -> None:
+        caps = self.capacities()
+        pods = pods_of(self.kube, self.ns, self.name)
+        cap = sum(
+            caps.get(p["metadata"]["labels"]["kvpilot.io/revision"], 0.0) for p in pods if _ready(p)
+        )
+        self.min_capacity = min(self.min_capacity, cap)
+        all_pods = self.kube.json("get", "pods", "-A", "--field-selector=status.phase!=Succeeded")
+        gpus = 0
+        for p in all_pods["items"]:
+            node = p["spec"].get("nodeName") or ""
+            if not node.startswith("a100-") or p["metadata"].get("deletionTimestamp"):
+                continue
+            for c in p["spec"]["containers"]:
+                gpus += int(((c.get("resources") or {}).get("requests") or {}).get(
+                    "nvidia.com/gpu", 0))  # fmt: skip
+        self.max_gpus = max(self.max_gpus, gpus)
+        now = time.monotonic()
+        for p in pods:
+            uid = p["metadata"]["uid"]
+            if not p["spec"].get("nodeName"):
+                self.pending_since.setdefault(uid, now)
+                self.longest_pending = max(self.longest_pending, now - self.pending_since[uid])
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            # a kubectl call may race a deletion; the next sample sees the result
+            with contextlib.suppress(AssertionError):
+                self.sample()
+            time.sleep(0.5)
+
+
+@contextmanager
+def under_load(
+    cluster: Cluster, kube: Kube, ns: str, name: str
+) -> Iterator[tuple[Watcher, dict[str, Any]]]:
+    watcher = Watcher(kube, ns, name)
+    result: dict[str, Any] = {}
+    arrivals = schedule_arrivals((Segment(900.0, 2.0, 2.0),), fixed_lengths(128, 16), seed=5)
+
+    def load() -> None:
+        result["run"] = run(
+            arrivals,
+            lambda: discover_targets(cluster.layout.scrape_targets, ns, name),
+            LoadConfig(
+                balance="least-outstanding", drain_timeout=120, seed=5, refresh_interval=0.2
+            ),
+            stop=watcher.stop.is_set,
+        )
+
+    threads = [threading.Thread(target=watcher.run), threading.Thread(target=load)]
+    for t in threads:
+        t.start()
+    try:
+        yield watcher, result
+    finally:
+        watcher.stop.set()
+        for t in threads:
+            t.join(180)
+
+
+def revisions(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    return ((isvc(kube, ns, name) or {}).get("status") or {}).get("revisions") or {}
+
+
+def events(kube: Kube, ns: str, name: str) -> list[tuple[str, str, str]]:
+    items = kube.json("get", "events", "-n", ns, f"--field-selector=involvedObject.name={name}")
+    return [(e["type"], e["reason"], e["message"]) for e in items["items"]]
+
+
+def start_stable(cluster: Cluster, kube: Kube, ns: str, name: str, replicas: int) -> str:
+    apply(kube, ns, spec(name, BF16, "none", 4, replicas))
+    wait_for(
+        lambda: [p for p in pods_of(kube, ns, name) if _ready(p)],
+        lambda ready: len(ready) == replicas,
+        timeout=180,
+        what=f"{replicas} BF16 replicas Ready",
+    )
+    wait_for(
+        lambda: discover_targets(cluster.layout.scrape_targets, ns, name),
+        lambda t: len(t) == replicas,
+        timeout=60,
+        what="live replicas",
+    )
+    stable = revisions(kube, ns, name).get("stable")
+    assert stable
+    return str(stable)
+
+
+def promoted(kube: Kube, ns: str, name: str, old: str, *, replicas: int, timeout: float) -> float:
+    started = time.monotonic()
+    wait_for(
+        lambda: (revisions(kube, ns, name), pods_of(kube, ns, name)),
+        lambda rp: (
+            rp[0].get("stable") not in (None, old)
+            and not rp[0].get("canary")
+            and len([p for p in rp[1] if _ready(p)]) == replicas
+            and all(p["metadata"]["labels"]["kvpilot.io/revision"] != old for p in rp[1])
+        ),
+        timeout=timeout,
+        what="the AWQ revision promoted and the BF16 one gone",
+    )
+    return time.monotonic() - started
+
+
+def block_gpus(kube: Kube, ns: str, node: str, gpus: int) -> None:
+    """A pod that is not kvpilot's holding GPUs on one node (another team's job)."""
+    apply(kube, ns, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"blocker-{node}"},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "job", "image": "busybox",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
+        },
+    })  # fmt: skip
+
+
+def check(watcher: Watcher, result: dict[str, Any], bound: float) -> None:
+    records, summary = result["run"]
+    assert summary.ok > 0
+    assert summary.errors == 0, [(r.status, r.error) for r in records if not r.ok][:3]
+    assert watcher.min_capacity >= bound - 1e-6, (watcher.min_capacity, bound)
+    assert watcher.max_gpus <= A100_GPUS
+
+
+def test_bf16_tp4_to_awq_tp1_with_free_gpus(
+    kube: Kube, served_namespace: str, cluster: Cluster
+) -> None:
+    ns, name = served_namespace, "upgrade"
+    old = start_stable(cluster, kube, ns, name, 2)
+    with under_load(cluster, kube, ns, name) as (watcher, result):
+        wait_for(lambda: watcher.min_capacity, lambda c: c < float("inf"), timeout=30,
+                 what="a first capacity sample")  # fmt: skip
+        baseline = watcher.min_capacity
+        apply(kube, ns, spec(name, AWQ, "awq", 1, 8))
+        took = promoted(kube, ns, name, old, replicas=8, timeout=240)
+    final = 8 * next(iter(watcher.capacities().values()))
+    bound = 0.75 * min(baseline, final)
+    print(
+        f"\nupgrade: {took:.0f}s; min capacity {watcher.min_capacity:.0f} tok/s of baseline "
+        f"{baseline:.0f} (bound {bound:.0f}); max A100 GPUs {watcher.max_gpus}"
+    )
+    check(watcher, result, bound)
+    reasons = [r for _, r, _ in events(kube, ns, name)]
+    assert "Surging" in reasons and "Promoted" in reasons
+
+
+def test_no_free_gpu_replaces_one_for_one(
+    kube: Kube, served_namespace: str, cluster: Cluster
+) -> None:
+    """3 BF16 TP4 replicas and another team's 4-GPU job fill both A100 nodes. One TP4
+    replica is a third of the capacity, so maxUnavailable 40 lets one go at a time."""
+    ns, name = served_namespace, "full"
+    block_gpus(kube, ns, "a100-1", 4)
+    old = start_stable(cluster, kube, ns, name, 3)
+    with under_load(cluster, kube, ns, name) as (watcher, result):
+        wait_for(lambda: watcher.min_capacity, lambda c: c < float("inf"), timeout=30,
+                 what="a first capacity sample")  # fmt: skip
+        baseline = watcher.min_capacity
+        body = spec(name, AWQ, "awq", 1, 12)
+        body["spec"]["rollout"]["maxUnavailable"] = 40
+        apply(kube, ns, body)
+        took = promoted(kube, ns, name, old, replicas=12, timeout=300)
+    final = 12 * next(iter(watcher.capacities().values()))
+    bound = 0.6 * min(baseline, final)
+    print(f"\nno free GPU: {took:.0f}s; min capacity {watcher.min_capacity:.0f} tok/s "
+          f"(bound {bound:.0f}); max A100 GPUs {watcher.max_gpus}; longest Pending "
+          f"{watcher.longest_pending:.0f}s")  # fmt: skip
+    check(watcher, result, bound)
+    evs = events(kube, ns, name)
+    reasons = [r for _, r, _ in evs]
+    assert "Replacing" in reasons and "Surging" not in reasons, [(r, m) for _, r, m in evs]
+    assert watcher.longest_pending < 120
+
+
+def test_operator_restart_mid_rollout_continues(
+    kube: Kube, served_namespace: str, cluster: Cluster, operator: OperatorProcess
+) -> None:
+    ns, name = served_namespace, "restart"
+    old = start_stable(cluster, kube, ns, name, 2)
+    body = spec(name, AWQ, "awq", 1, 8)
+    body["spec"]["rollout"]["paused"] = False
+    with under_load(cluster, kube, ns, name) as (watcher, result):
+        wait_for(lambda: watcher.min_capacity, lambda c: c < float("inf"), timeout=30,
+                 what="a first capacity sample")  # fmt: skip
+        baseline = watcher.min_capacity
+        apply(kube, ns, body)
+        wait_for(lambda: revisions(kube, ns, name), lambda r: bool(r.get("canary")),
+                 timeout=60, what="the rollout under way")  # fmt: skip
+        operator.stop()
+        mid = revisions(kube, ns, name)
+        operator.start()
+        took = promoted(kube, ns, name, old, replicas=8, timeout=240)
+    final = 8 * next(iter(watcher.capacities().values()))
+    print(f"\nrestart: stopped at {mid.get('step')} ({mid.get('canaryWeight')}%), promoted "
+          f"{took:.0f}s after the restart; min capacity {watcher.min_capacity:.0f}")  # fmt: skip
+    check(watcher, result, 0.75 * min(baseline, final))
