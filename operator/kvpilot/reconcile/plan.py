@@ -235,7 +235,13 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             want = rollout.replicas.get(rev, 0)
             if int((lr.deployment.get("spec") or {}).get("replicas") or 0) != want:
                 scale.append((lr.name, want))
-        delete = [live[r].name for r in rollout.retire if r in live and r != revision]
+        # The spec's own revision keeps its Deployment, unless it was rolled back.
+        rolled_back = rollout.failed[0] if rollout.failed is not None else None
+        delete = [
+            live[r].name
+            for r in rollout.retire
+            if r in live and (r != revision or r == rolled_back)
+        ]
         events.extend(obs.analysis_events)
         events.extend(Event(e.type, e.reason, e.message) for e in rollout.events)
         if (
