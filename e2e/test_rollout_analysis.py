@@ -107,6 +107,7 @@ class Rollout:
     t0: float = field(default_factory=time.time)
     timeline: list[tuple[float, str]] = field(default_factory=list)
     weights: list[int] = field(default_factory=list)
+    last_analysis: dict[str, Any] = field(default_factory=dict)
 
     def isvc(self) -> dict[str, Any]:
         obj = self.kube.get("inferenceservice", self.name, self.ns)
@@ -117,6 +118,8 @@ class Rollout:
         rev: dict[str, Any] = (self.isvc().get("status") or {}).get("revisions") or {}
         if rev.get("canaryWeight") is not None:
             self.weights.append(int(rev["canaryWeight"]))
+        if rev.get("analysis"):
+            self.last_analysis = dict(rev["analysis"])
         return rev
 
     def deployment(self, revision: str) -> dict[str, Any] | None:
@@ -256,7 +259,7 @@ def test_bad_variant_is_rolled_back(
             "canary_share_during_breach": round(canary_share, 3),
             "failed_share_during_breach": round(failed_share, 3),
             "max_canary_weight_pct": max_weight,
-            "analysis": r.revisions().get("analysis"),
+            "analysis": r.last_analysis,
             "warning_events": [f"{e.get('reason')}: {e.get('message')}" for e in warnings],
             "timeline": r.timeline,
         },
@@ -291,7 +294,7 @@ def test_good_variant_is_promoted(
         {
             "requests": summary.requests,
             "failed": summary.errors,
-            "analysis": r.revisions().get("analysis"),
+            "analysis": r.last_analysis,
             "events": [f"{e.get('type')} {e.get('reason')}: {e.get('message')}" for e in events],
             "timeline": r.timeline,
         },
