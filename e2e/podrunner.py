@@ -367,7 +367,7 @@ def pre_stop_sleep(pod: Mapping[str, Any]) -> float:
     """Seconds of the longest preStop sleep among the pod's containers."""
     out = 0.0
     for c in (pod.get("spec") or {}).get("containers") or []:
-        sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {})
+        sleep = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
         out = max(out, float(sleep.get("seconds") or 0))
     return out
 
