@@ -252,8 +252,55 @@ def test_no_free_gpu_replaces_one_for_one(
     check(watcher, result, bound)
     evs = events(kube, ns, name)
     reasons = [r for _, r, _ in evs]
-    assert "Replacing" in reasons and "Surging" not in reasons, [(r, m) for _, r, m in evs]
+    assert "Replacing" in reasons, [(r, m) for _, r, m in evs]
     assert watcher.longest_pending < 120
+
+
+def test_surge_that_cannot_schedule_is_noticed_and_replaced(
+    kube: Kube, served_namespace: str, cluster: Cluster
+) -> None:
+    """GPUs look free but their node cannot hold the pod: another team's job holds most
+    of the free A100 node's memory, and the AWQ replicas ask for 100Gi. The surge pods
+    stay Pending with GPUs free; the planner notices, says so in an Event and replaces
+    stable replicas instead."""
+    ns, name = served_namespace, "stuck"
+    old = start_stable(cluster, kube, ns, name, 2)
+    (used,) = {p["spec"]["nodeName"] for p in pods_of(kube, ns, name)}  # bin-packed
+    other = "a100-1" if used == "a100-0" else "a100-0"
+    apply(kube, ns, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "memory-hog"},
+        "spec": {"nodeName": other, "tolerations": [{"operator": "Exists"}],
+                 "containers": [{"name": "job", "image": "busybox",
+                                 "resources": {"requests": {"memory": "1050Gi"}}}]},
+    })  # fmt: skip
+    with under_load(cluster, kube, ns, name) as (watcher, result):
+        wait_for(lambda: watcher.min_capacity, lambda c: c < float("inf"), timeout=30,
+                 what="a first capacity sample")  # fmt: skip
+        baseline = watcher.min_capacity
+        # 8 AWQ replicas serve a little less than 2 BF16 ones, so no stable replica is
+        # surplus before the canary serves; one TP4 replica is half the capacity.
+        body = spec(name, AWQ, "awq", 1, 8)
+        body["spec"]["runtime"] = {"memory": "100Gi"}
+        body["spec"]["rollout"]["maxUnavailable"] = 50
+        apply(kube, ns, body)
+        started = time.monotonic()
+        wait_for(
+            lambda: [r for _, r, _ in events(kube, ns, name)],
+            lambda reasons: "SurgeBlocked" in reasons,
+            timeout=150,
+            what="the SurgeBlocked Event",
+        )
+        noticed = time.monotonic() - started
+        took = promoted(kube, ns, name, old, replicas=8, timeout=300)
+    final = 8 * next(iter(watcher.capacities().values()))
+    bound = 0.5 * min(baseline, final)
+    print(
+        f"\ndeadlock: SurgeBlocked {noticed:.0f}s after the change (longest Pending "
+        f"{watcher.longest_pending:.0f}s); promoted {took:.0f}s later; min capacity "
+        f"{watcher.min_capacity:.0f} (bound {bound:.0f}); max A100 GPUs {watcher.max_gpus}"
+    )
+    check(watcher, result, bound)
+    assert noticed < 120
 
 
 def test_operator_restart_mid_rollout_continues(

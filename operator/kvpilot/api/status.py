@@ -140,6 +140,11 @@ class RevisionsStatus(KvModel):
     ready_capacity: float | None = Field(
         None, ge=0, description="Estimated tokens/s of all ready replicas now."
     )
+    surge_blocked: bool | None = Field(
+        None,
+        description="A surge pod of this canary waited too long for GPUs that looked free; "
+        "the rollout replaces stable replicas from then on.",
+    )
     failed: FailedRevision | None = Field(None, description="The last revision rolled back.")
     analysis: dict[str, Any] = Field(
         default_factory=dict,

@@ -367,6 +367,8 @@ class Controller:
             obs = self.observe(body)
             plan = plan_reconcile(obs)
             self.execute(body, obs, plan)
+            if plan.rollout is not None and plan.rollout.recheck_s is not None:
+                self._retry_later(key, plan.rollout.recheck_s)
             return plan
 
     def _planned_before(self, body: Mapping[str, Any]) -> bool:

@@ -199,6 +199,8 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
                 quality=obs.quality,
                 quality_message=obs.quality_message,
                 previous_phase=prev_rev.get("phase"),
+                surge_blocked=bool(prev_rev.get("surgeBlocked"))
+                and prev_rev.get("canary") == revision,
             )
         )
         target = rollout.replicas.get(revision, 0)
@@ -329,6 +331,8 @@ def revisions_status(previous: Mapping[str, Any], rollout: RolloutPlan, now: str
             out["step"] = rollout.step
         if rollout.baseline is not None:
             out["baselineCapacity"] = round(rollout.baseline, 1)
+        if rollout.surge_blocked:
+            out["surgeBlocked"] = True
         if prev.get("canary") == rollout.canary:
             for key in ("analysis", "quality"):
                 if prev.get(key):

@@ -95,6 +95,9 @@ class RolloutInput:
     quality: bool | None = None
     quality_message: str = ""
     previous_phase: str | None = None
+    #: an earlier surge of this canary could not be scheduled: GPUs that look free are
+    #: not usable for it (memory, CPU, taints), so only replacement moves it on
+    surge_blocked: bool = False
     deadlock_after_s: float = DEADLOCK_AFTER_S
 
 
@@ -125,6 +128,10 @@ class RolloutPlan:
     failed: tuple[str, str, str] | None = None
     #: revisions whose Deployments go: no replicas wanted and no pod left
     retire: tuple[str, ...] = ()
+    #: decide again after this many seconds even if nothing changes (a canary pod waits
+    #: for GPUs: the deadlock check must not wait for the next event)
+    recheck_s: float | None = None
+    surge_blocked: bool = False
 
     @property
     def progressing(self) -> bool:
@@ -232,7 +239,8 @@ def plan_rollout(inp: RolloutInput) -> RolloutPlan:
         budget = min(budget, max(0, cfg.max_surge_gpus - surge_used))
     blocked = t.pending_s >= inp.deadlock_after_s
     add = max(0, n_t_goal - desired_t)
-    surge = 0 if blocked else min(add, budget // t.gpus_per_replica)
+    no_surge = blocked or inp.surge_blocked
+    surge = 0 if no_surge else min(add, budget // t.gpus_per_replica)
     desired_t += surge
     phase = "Surging" if surge else "Waiting"
     reason, message = "Surging", ""
@@ -276,9 +284,13 @@ def plan_rollout(inp: RolloutInput) -> RolloutPlan:
                 freed = per * s.gpus_per_replica + max(0, budget - surge * t.gpus_per_replica)
                 desired_t += max(0, min(short, freed // t.gpus_per_replica))
                 phase, reason = "Replacing", "Replacing"
+                cause = (
+                    "its surge pods could not be scheduled"
+                    if inp.surge_blocked
+                    else "no free GPU for a surge"
+                )
                 message = (
-                    f"no free GPU for a surge: replacing {per} stable replica(s) of "
-                    f"{s.revision} with {t.revision}"
+                    f"{cause}: replacing {per} stable replica(s) of {s.revision} with {t.revision}"
                 )
             elif t.starting == 0 or blocked:
                 phase, reason = "Blocked", "NoRoomToReplace"
@@ -348,10 +360,15 @@ def plan_rollout(inp: RolloutInput) -> RolloutPlan:
         )  # fmt: skip
     elif phase == "Promoting":
         events.extend(_on_change(inp, phase, "Normal", "Promoting", message))
+    recheck = None
+    if 0 < t.pending_s < inp.deadlock_after_s:
+        recheck = inp.deadlock_after_s - t.pending_s + 1.0
     return RolloutPlan(
         replicas=replicas, canary=t.revision, phase=phase, reason=reason, message=message,
         canary_weight=weight, step=step_text, events=tuple(events), retire=retire,
-        floor=floor, stable=s.revision, baseline=baseline, ready_capacity=ready_cap,
+        floor=floor, recheck_s=recheck, surge_blocked=no_surge, stable=s.revision,
+        baseline=baseline,
+        ready_capacity=ready_cap,
     )  # fmt: skip
 
 
