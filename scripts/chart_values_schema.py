@@ -267,6 +267,7 @@ def schema() -> dict[str, Any]:
                 ),
                 "podMonitor": monitor,
                 "serviceMonitor": monitor,
+                "servingPodMonitor": monitor,
                 "prometheusRule": obj(
                     {
                         "enabled": {"type": "boolean"},

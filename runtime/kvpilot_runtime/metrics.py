@@ -519,6 +519,17 @@ QUERIED_FAMILIES = (
 """Families the autoscaler's PromQL and kvpilot's dashboards read: real vLLM and the
 simulator must both expose them (the contract tests check both)."""
 
+HTTP_REQUESTS = "http_requests"
+"""vLLM's front end (prometheus-fastapi-instrumentator) counts every answered request as
+``http_requests_total{handler, method, status}`` with the status grouped (``2xx``, ``5xx``):
+the only series that counts requests that failed before or outside the engine."""
+HTTP_REQUESTS_LABELS = ("handler", "method", "status")
+HTTP_EXCLUDED_HANDLERS = ("/metrics", "/health", "/load", "/ping", "/version", "/server_info")
+"""Handlers vLLM leaves out of ``http_requests_total``."""
+
+QUERIED_HTTP_FAMILIES = ("http_requests",)
+"""Non-``vllm:`` families kvpilot's PromQL reads (canary analysis: failed requests)."""
+
 CACHE_CONFIG_INFO = "vllm:cache_config_info"
 CACHE_CONFIG_LABELS = (
     "_block_size_resolved",
@@ -603,6 +614,18 @@ class VllmMetrics:
         values.update(cache_config or {})
         values["engine"] = engine
         info.labels(**values).set(1)
+        self.http_requests = Counter(
+            HTTP_REQUESTS,
+            "Total number of requests by method, status and handler.",
+            HTTP_REQUESTS_LABELS,
+            registry=self.registry,
+        )
+
+    def count_http(self, handler: str, method: str, status: int) -> None:
+        """One answered HTTP request, as vLLM's front end counts it."""
+        if handler in HTTP_EXCLUDED_HANDLERS:
+            return
+        self.http_requests.labels(handler=handler, method=method, status=f"{status // 100}xx").inc()
 
     def _precreate(self, fam: Family, metric: MetricWrapperBase) -> None:
         combos: list[dict[str, str]] = [{}]

@@ -26,7 +26,7 @@ import sys
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -518,8 +518,29 @@ class SimServer:
             }
         )
 
+    @web.middleware
+    async def count_requests(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Counts every answered request like vLLM's front end (after a stream ends)."""
+        route = request.match_info.route.resource
+        path = route.canonical if route is not None else "none"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            if path != "/kvpilot/control":
+                self.metrics.count_http(path, request.method, status)
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self.count_requests])
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)

@@ -502,3 +502,47 @@ def test_alerts_fire_on_the_conditions_they_name(promtool: str, tmp_path: Path) 
         capture_output=True, text=True, cwd=tmp_path, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _meta_label(key: str) -> str:
+    return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+@pytest.mark.parametrize(
+    ("values", "namespaces"),
+    [
+        ({"servingPodMonitor": {"enabled": True}}, {"any": True}),
+        (
+            {"servingPodMonitor": {"enabled": True}, "watchNamespaces": ["serving"]},
+            {"matchNames": ["serving"]},
+        ),
+    ],
+)
+def test_serving_pod_monitor_carries_the_labels_kvpilot_queries(
+    values: dict[str, Any], namespaces: dict[str, Any]
+) -> None:
+    """The analysis and autoscaler PromQL select on namespace, inference_service and
+    revision: the PodMonitor selects kvpilot's serving pods and relabels their labels."""
+    from kvpilot.autoscaling.prometheus import PromQLTemplates
+    from kvpilot.resources.deployment import PORT_NAME
+    from kvpilot.resources.labels import INFERENCE_SERVICE, REVISION, pod_labels
+
+    monitor = one(manifests(values), "PodMonitor", "kvpilot-serving")
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == namespaces
+    labels = pod_labels("llm", "abc123")
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert {e["key"] for e in spec["selector"]["matchExpressions"]} <= labels.keys()
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["port"] == PORT_NAME
+    relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert relabel == {
+        "namespace": ["__meta_kubernetes_namespace"],
+        "pod": ["__meta_kubernetes_pod_name"],
+        "inference_service": [_meta_label(INFERENCE_SERVICE)],
+        "revision": [_meta_label(REVISION)],
+    }
+    templates = PromQLTemplates()
+    selected = set(re.findall(r"(\w+)=", templates.selector + templates.revision_selector))
+    assert selected <= relabel.keys()
+    assert not by_kind(manifests(), "PodMonitor")

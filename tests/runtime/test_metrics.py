@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from kvpilot_runtime.metrics import (
+    HTTP_REQUESTS,
     QUERIED_FAMILIES,
+    QUERIED_HTTP_FAMILIES,
     VllmMetrics,
     one_two_five_buckets,
     signatures,
@@ -74,3 +76,15 @@ def test_every_metric_the_autoscaler_queries_is_a_checked_family() -> None:
         "vllm:request_success",
         "vllm:time_to_first_token_seconds",
     }
+
+
+def test_http_request_counter_matches_recorded_vllm() -> None:
+    """Failed requests (canary analysis) come from this counter; the recorded real
+    vLLM exposes it with the same labels as the simulator."""
+    real = signatures(RECORDED.read_text(), prefix=HTTP_REQUESTS)
+    m = VllmMetrics("tiny", 1024)
+    m.count_http("/v1/completions", "POST", 200)
+    m.count_http("/metrics", "GET", 200)
+    sim = signatures(m.render().decode(), prefix=HTTP_REQUESTS)
+    assert sim[HTTP_REQUESTS] == real[HTTP_REQUESTS]
+    assert set(QUERIED_HTTP_FAMILIES) <= set(real)

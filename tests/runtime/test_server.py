@@ -172,6 +172,17 @@ def test_fail_fraction_and_control_endpoint() -> None:
         assert bad.status == 400
         text = await (await client.get("/metrics")).text()
         assert 'finished_reason="error",model_name="llama"} 1.0' in text
+        # Counted like vLLM's front end: grouped status, route as handler, and
+        # neither /metrics, /health nor the control endpoint.
+        http = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("http_requests_total")
+        }
+        assert http == {
+            'http_requests_total{handler="/v1/completions",method="POST",status="5xx"}': 1.0,
+            'http_requests_total{handler="/v1/completions",method="POST",status="2xx"}': 1.0,
+        }
 
     run([*FAST, "--fail-fraction", "1"], scenario)
 

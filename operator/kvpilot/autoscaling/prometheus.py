@@ -149,8 +149,8 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_queries(templates: PromQLTemplates, service: ServiceRef) -> dict[str, str]:
-    """The PromQL for one service, by signal name (optional ones only when set)."""
+def render_selector(templates: PromQLTemplates, service: ServiceRef) -> str:
+    """The label matchers of one service (and of its revision, when it names one)."""
     names = {
         "namespace": _quote(service.namespace),
         "name": _quote(service.name),
@@ -159,6 +159,12 @@ def render_queries(templates: PromQLTemplates, service: ServiceRef) -> dict[str,
     selector = Template(templates.selector).substitute(names)
     if service.revision:
         selector += Template(templates.revision_selector).substitute(names)
+    return selector
+
+
+def render_queries(templates: PromQLTemplates, service: ServiceRef) -> dict[str, str]:
+    """The PromQL for one service, by signal name (optional ones only when set)."""
+    selector = render_selector(templates, service)
     out = {}
     for key in ("waiting", "running", "kv_cache", "completed", "ttft", "last_scrape"):
         template = getattr(templates, key)
@@ -251,6 +257,11 @@ class PrometheusMetricsSource:
 
     def close(self) -> None:
         self._client.close()
+
+    def instant_query(self, promql: str, *, at: float | None = None) -> Any:
+        """The raw result of one instant query (at ``at``, or now); backend errors raise."""
+        params = {"time": f"{at:.3f}"} if at is not None else None
+        return self._client.custom_query(promql, params=params)
 
     def query(self, service: ServiceRef, *, now: float, window_seconds: float) -> MetricsResult:
         """Per-pod series over [now - window_seconds, now]; never raises for backend errors."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +26,8 @@ from urllib3.exceptions import HTTPError
 
 from kvpilot.api.names import API_VERSION, KIND
 from kvpilot.api.parse import InferenceService, InvalidObjectError, parse_inference_service
+from kvpilot.autoscaling.prometheus import PrometheusMetricsSource
+from kvpilot.controller.analysis import analysis_config, run_analysis
 from kvpilot.controller.cache import ClusterView, Key
 from kvpilot.controller.kube import ApiError, Kube
 from kvpilot.controller.metrics import OperatorMetrics
@@ -41,9 +44,10 @@ from kvpilot.reconcile import (
     plan_pool,
     plan_reconcile,
 )
-from kvpilot.reconcile.rollout import equivalent_ready
+from kvpilot.reconcile.rollout import equivalent_ready, live_revisions
 from kvpilot.reconcile.status import changed_fields, now_iso
 from kvpilot.resources.labels import INFERENCE_SERVICE
+from kvpilot.rollout.analysis import AnalysisStep
 
 log = logging.getLogger("kvpilot.controller")
 
@@ -155,6 +159,7 @@ class Controller:
         self._pool_dirty = True
         self._dirty_since = 0.0
         self._free: dict[str, int] | None = None
+        self._analysis_due: dict[Key, float] = {}
         #: services whose spec is newer than the pool plan: reconciled after the next one
         self._after_plan: set[Key] = set()
         self._wake: asyncio.Event | None = None
@@ -403,6 +408,8 @@ class Controller:
         children, foreign = self._children(
             ns, name, uid, check_missing=placement is not None and placement.option is not None
         )
+        deployments = tuple(self._deployments_of(ns, name, uid))
+        analysis = self._analyse(body, isvc, deployments)
         return Observation(
             **common,
             isvc=isvc,
@@ -413,9 +420,61 @@ class Controller:
             scheduler_name=self.settings.scheduler_name,
             pods=tuple(self._pods_of(ns, name)),
             draining_nodes=self.pool.draining if self.pool is not None else frozenset(),
-            deployments=tuple(self._deployments_of(ns, name, uid)),
+            deployments=deployments,
             free_gpus=self.free_gpus(),
+            analysis=analysis.decision if analysis is not None else None,
+            analysis_message=analysis.message if analysis is not None else "",
+            analysis_state=analysis.state.to_dict() if analysis is not None else None,
+            analysis_events=tuple(
+                Event(e.type, e.reason, e.message) for e in (analysis.events if analysis else ())
+            ),
         )
+
+    def _analyse(
+        self,
+        body: Mapping[str, Any],
+        isvc: InferenceService,
+        deployments: Sequence[Mapping[str, Any]],
+    ) -> AnalysisStep | None:
+        """The canary analysis step while a canary rolls out (Prometheus read when due),
+        and a reconcile scheduled for the next window."""
+        meta = body["metadata"]
+        key: Key = (meta["namespace"], meta["name"])
+        revs: Mapping[str, Any] = (body.get("status") or {}).get("revisions") or {}
+        canary, stable = revs.get("canary"), revs.get("stable")
+        spec = isvc.spec.rollout.analysis
+        if not canary or not stable or canary == stable or not spec.enabled:
+            return None
+        live = live_revisions(deployments)
+        dep = live[canary].deployment if canary in live else {}
+        ready = int((dep.get("status") or {}).get("readyReplicas") or 0) >= 1
+        source = getattr(self.autoscaler, "source", None)
+        cfg = analysis_config(spec)
+        result = run_analysis(
+            source if isinstance(source, PrometheusMetricsSource) else None,
+            revs.get("analysis"), cfg, key[0], key[1], str(stable), str(canary),
+            canary_ready=ready, rollout_step=revs.get("step"),
+        )  # fmt: skip
+        self._analyse_later(key, cfg.interval_s)
+        return result
+
+    def _analyse_later(self, key: Key, delay: float) -> None:
+        """One pending reconcile per service for its next analysis window (watch-driven
+        reconciles in between must not start more timers)."""
+        due = self.clock() + delay
+        if self._analysis_due.get(key, math.inf) <= due:
+            return
+        self._analysis_due[key] = due
+        loop = self._loop
+        if loop is None:
+            return
+
+        def requeue() -> None:
+            self._analysis_due.pop(key, None)
+            self._queue.add(key)
+            self._poke()
+
+        loop.call_soon_threadsafe(lambda: loop.call_later(delay, requeue))
 
     def free_gpus(self) -> dict[str, int]:
         """Free GPUs per GPU type now, counting every pod (kvpilot's included): what a

@@ -83,6 +83,9 @@ class Observation:
     #: the canary analysis decision and the quality gate result (None: none yet)
     analysis: Decision | None = None
     analysis_message: str = ""
+    #: the canary analysis state to store in status.revisions.analysis, and its Events
+    analysis_state: Mapping[str, Any] | None = None
+    analysis_events: tuple[Event, ...] = ()
     quality: bool | None = None
     quality_message: str = ""
 
@@ -234,7 +237,14 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             want = rollout.replicas.get(rev, 0)
             if int((lr.deployment.get("spec") or {}).get("replicas") or 0) != want:
                 scale.append((lr.name, want))
-        delete = [live[r].name for r in rollout.retire if r in live and r != revision]
+        # The spec's own revision keeps its Deployment, unless it was rolled back.
+        rolled_back = rollout.failed[0] if rollout.failed is not None else None
+        delete = [
+            live[r].name
+            for r in rollout.retire
+            if r in live and (r != revision or r == rolled_back)
+        ]
+        events.extend(obs.analysis_events)
         events.extend(Event(e.type, e.reason, e.message) for e in rollout.events)
         if (
             placement.replicas_placed < placement.replicas_wanted
@@ -265,6 +275,10 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
     )  # fmt: skip
     if rollout is not None:
         status["revisions"] = revisions_status(obs.previous, rollout, obs.now)
+        if obs.analysis_state and status["revisions"].get("canary") == obs.analysis_state.get(
+            "revision"
+        ):
+            status["revisions"]["analysis"] = dict(obs.analysis_state)
     elif "revisions" in obs.previous:
         status["revisions"] = dict(obs.previous["revisions"])
     new_status: dict[str, Any] | None = None
