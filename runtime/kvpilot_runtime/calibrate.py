@@ -25,6 +25,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvpilot_runtime.latency import (
     Batch,
@@ -34,7 +35,10 @@ from kvpilot_runtime.latency import (
     step_time,
 )
 from kvpilot_runtime.models import shape_from_config
-from kvpilot_runtime.probe import RequestPlan, run_load, server_sums
+from kvpilot_runtime.probe import RequestPlan, _sums, run_load, server_sums
+
+if TYPE_CHECKING:
+    import aiohttp
 
 DECODE_POINTS = ((1, 16), (2, 16), (4, 16), (1, 512), (2, 512), (4, 512))
 PREFILL_LENGTHS = (32, 128, 256, 512, 900)
@@ -45,6 +49,14 @@ DECODE_TOKENS = 48
 QUICK_DECODE_POINTS = ((1, 16), (4, 16), (1, 176), (4, 176))
 QUICK_PREFILL_LENGTHS = (32, 96, 192)
 QUICK_DECODE_TOKENS = 24
+# Mixed steps: (decoding sequences, their prompt, prompt prefilled alongside).
+# Under load most of vLLM's steps prefill one prompt while others decode; a
+# step's cost is not the sum of a pure prefill and a pure decode step.
+MIXED_POINTS = ((1, 16, 192), (3, 16, 96), (3, 16, 192))
+# Tokens each decoder has before the prompt is sent, and how many it still has
+# to produce then: it is still decoding when the prompt's step ends.
+MIXED_LEAD_TOKENS = 3
+MIXED_DECODE_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -53,17 +65,25 @@ class Measurement:
 
     # "decode": the server's mean inter-token latency of a decode batch;
     # "prefill": the server's mean prefill time (scheduled to first token) of one prompt;
-    # "ttft": the client's median time to first token of one prompt (adds the front end).
+    # "ttft": the client's median time to first token of one prompt (adds the front end);
+    # "mixed": the server's prefill time of one prompt scheduled in the same step
+    # as ``concurrency`` decoding sequences of ``decode_context`` tokens.
     kind: str
     concurrency: int
     prompt_len: int
     seconds: float
     decode_tokens: int = DECODE_TOKENS
+    decode_context: int = 0
 
     def batch(self) -> Batch:
         if self.kind == "decode":
             ctx = self.prompt_len + self.decode_tokens // 2
             return Batch(decode_contexts=(ctx,) * self.concurrency)
+        if self.kind == "mixed":
+            return Batch(
+                decode_contexts=(self.decode_context,) * self.concurrency,
+                prefill_chunks=(PrefillChunk(self.prompt_len, 0),),
+            )
         return Batch(prefill_chunks=(PrefillChunk(self.prompt_len, 0),))
 
 
@@ -81,10 +101,102 @@ async def _round(url: str, model: str, conc: int, plen: int, *, max_tokens: int,
         raise RuntimeError(f"calibration requests failed: {failed}")
 
 
-async def measure(
-    url: str, model: str, repeats: int = 3, *, quick: bool = False
+async def _stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    prompt: Sequence[int],
+    *,
+    max_tokens: int,
+    progress: asyncio.Queue[int] | None = None,
+) -> None:
+    """One streamed request; puts 1 on ``progress`` for every chunk received."""
+    body = {
+        "model": model,
+        "prompt": list(prompt),
+        "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "temperature": 0.0,
+    }
+    async with session.post(f"{url}/v1/completions", json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"calibration request failed: HTTP {resp.status}")
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("data:") and line[5:].strip() != "[DONE]" and progress:
+                progress.put_nowait(1)
+
+
+async def _mixed_round(
+    url: str, model: str, conc: int, dec_plen: int, plen: int, *, seed: int
+) -> float:
+    """The server's prefill time of a ``plen``-token prompt sent while ``conc`` requests decode.
+
+    The prompt is sent once every decoder has streamed its first tokens, so it
+    is scheduled with them; its prefill time (scheduled to first token) is that
+    mixed step. Only the prompt finishes between the two metric reads, and the
+    server records a request's prefill time when it finishes.
+    """
+    import aiohttp
+
+    rng = random.Random(seed)
+    fam = "vllm:request_prefill_time_seconds"
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        progress: asyncio.Queue[int] = asyncio.Queue()
+        decoders = [
+            asyncio.create_task(
+                _stream(
+                    session,
+                    url,
+                    model,
+                    [rng.randrange(2, 400) for _ in range(dec_plen)],
+                    max_tokens=MIXED_LEAD_TOKENS + MIXED_DECODE_TOKENS,
+                    progress=progress,
+                )
+            )
+            for _ in range(conc)
+        ]
+        for _ in range(conc * MIXED_LEAD_TOKENS):
+            await progress.get()
+        before = await _sums(session, url)
+        prompt = [rng.randrange(2, 400) for _ in range(plen)]
+        await _stream(session, url, model, prompt, max_tokens=1)
+        after = await _sums(session, url)
+        await asyncio.gather(*decoders)
+    count = after[fam][1] - before[fam][1]
+    if count != 1:
+        raise RuntimeError(f"mixed calibration step: {count} prefills finished, expected 1")
+    return after[fam][0] - before[fam][0]
+
+
+async def measure_mixed(
+    url: str, model: str, repeats: int = 3, points: Sequence[tuple[int, int, int]] = MIXED_POINTS
 ) -> list[Measurement]:
-    """The calibration points; ``quick`` measures fewer (for in-situ refits)."""
+    """Mixed prefill/decode steps: the median over ``repeats`` of each point."""
+    out: list[Measurement] = []
+    for conc, dec_plen, plen in points:
+        times = [
+            await _mixed_round(url, model, conc, dec_plen, plen, seed=conc * 7919 + plen * 31 + k)
+            for k in range(repeats)
+        ]
+        # Decoders have produced about MIXED_LEAD_TOKENS tokens when the prompt joins.
+        ctx = dec_plen + MIXED_LEAD_TOKENS + 1
+        out.append(
+            Measurement("mixed", conc, plen, statistics.median(times), 0, decode_context=ctx)
+        )
+    return out
+
+
+async def measure(
+    url: str, model: str, repeats: int = 3, *, quick: bool = False, mixed: bool = True
+) -> list[Measurement]:
+    """The calibration points; ``quick`` measures fewer (for in-situ refits).
+
+    ``mixed`` adds steps that prefill a prompt alongside decoding sequences.
+    """
     out: list[Measurement] = []
     # Warm-up: the first batches of each shape are slow (allocations, kernel setup).
     for conc in (1, 2, 4, 1):
@@ -118,6 +230,8 @@ async def measure(
         prefill = (after[fam][0] - before[fam][0]) / (after[fam][1] - before[fam][1])
         out.append(Measurement("prefill", 1, plen, prefill))
         out.append(Measurement("ttft", 1, plen, statistics.median(ttfts)))
+    if mixed:
+        out.extend(await measure_mixed(url, model, repeats))
     return out
 
 
@@ -180,9 +294,20 @@ def fit(
 def write_csv(path: Path, data: Sequence[Measurement]) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["kind", "concurrency", "prompt_len", "decode_tokens", "seconds"])
+        w.writerow(
+            ["kind", "concurrency", "prompt_len", "decode_tokens", "seconds", "decode_context"]
+        )
         for m in data:
-            w.writerow([m.kind, m.concurrency, m.prompt_len, m.decode_tokens, f"{m.seconds:.6f}"])
+            w.writerow(
+                [
+                    m.kind,
+                    m.concurrency,
+                    m.prompt_len,
+                    m.decode_tokens,
+                    f"{m.seconds:.6f}",
+                    m.decode_context,
+                ]
+            )
 
 
 def read_csv(path: Path) -> list[Measurement]:
@@ -194,6 +319,7 @@ def read_csv(path: Path) -> list[Measurement]:
                 int(r["prompt_len"]),
                 float(r["seconds"]),
                 int(r.get("decode_tokens") or DECODE_TOKENS),
+                int(r.get("decode_context") or 0),
             )
             for r in csv.DictReader(fh)
         ]

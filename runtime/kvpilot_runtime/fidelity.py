@@ -37,6 +37,7 @@ import asyncio
 import dataclasses
 import heapq
 import json
+import math
 import os
 import random
 import statistics
@@ -138,6 +139,38 @@ def steady_throughput(finish_times: Sequence[float], concurrency: int) -> float:
         raise ValueError(f"need more than {concurrency} completions, got {len(finishes)}")
     window = finishes[-1] - finishes[concurrency - 1]
     return (len(finishes) - concurrency) / window
+
+
+# The speed probe: a short fixed request timed on the idle server before and
+# after each load, against the same probe right after the calibration.
+SPEED_PROBE_PROMPT = 32
+SPEED_PROBE_TOKENS = 8
+SPEED_PROBE_REPEATS = 5
+
+
+def speed_probe(url: str, repeats: int = SPEED_PROBE_REPEATS) -> float:
+    """Median end-to-end seconds of a fixed short request on an idle server.
+
+    The machines are shared: how fast vLLM runs drifts by tens of percent within
+    minutes. The ratio of this time to its value at the calibration says how much
+    slower (or faster) the machine is now than when the profile was fitted.
+    """
+    rng = random.Random(0)
+    prompt = tuple(rng.randrange(2, VOCAB) for _ in range(SPEED_PROBE_PROMPT))
+    times: list[float] = []
+    for _ in range(repeats):
+        plan = RequestPlan(0.0, prompt, SPEED_PROBE_TOKENS)
+        result = asyncio.run(run_load(url, SERVED_NAME, [plan]))
+        e2e = result.requests[0].e2e
+        if e2e is None:
+            raise RuntimeError(f"speed probe failed: {result.requests[0].error}")
+        times.append(e2e)
+    return statistics.median(times)
+
+
+def speed_factor(reference: float, before: float, after: float) -> float:
+    """How much slower than at the calibration the machine ran a load (geometric mean)."""
+    return math.sqrt(before * after) / reference
 
 
 def sim_setup(
@@ -327,12 +360,17 @@ class EngineModel:
         self.setup = sim_setup(model_dir, profile_path, serve_args)
         self.frontend = float(self.setup.profile.extra.get("frontend_latency_s", 0.0))
 
-    def _engine(self) -> Engine:
-        return Engine(self.setup.config, self.setup.profile, self.setup.shape)
+    def _engine(self, slowdown: float = 1.0) -> Engine:
+        engine = Engine(self.setup.config, self.setup.profile, self.setup.shape)
+        engine.slowdown = slowdown
+        return engine
 
-    def load(self, rate: float, requests: int, seed: int) -> dict[str, float]:
+    def load(
+        self, rate: float, requests: int, seed: int, slowdown: float = 1.0
+    ) -> dict[str, float]:
+        """One open-loop load; ``slowdown`` stretches every step (the machine's drift)."""
         outcomes, samples = simulate_plans(
-            self._engine(), load_plan(rate, requests, seed), self.frontend
+            self._engine(slowdown), load_plan(rate, requests, seed), self.frontend
         )
         return {k: round(v, 6) for k, v in summarize_sim(outcomes, samples).items()}
 
@@ -417,6 +455,7 @@ def run_fidelity(
     simulator: Literal["engine", "server"] = "engine",
     serve_args: Sequence[str] = (),
     capacity_each_repeat: bool = True,
+    track_speed: bool = True,
     log: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Measures capacity, then per repeat: calibrate on ``vllm``, each load on vLLM then the sim.
@@ -428,7 +467,10 @@ def run_fidelity(
     the engine model in simulated time (right after each real load);
     ``"server"`` sends the loads to a kvpilot-sim server in real time.
     Without ``capacity_each_repeat`` real capacity is probed once (the
-    simulator's still every repeat, at no cost).
+    simulator's still every repeat, at no cost). ``track_speed`` times
+    :func:`speed_probe` after the calibration and around each real load, and
+    stretches the simulated load's steps by the ratio (:func:`speed_factor`): a
+    shared machine's speed drifts between the calibration and the load.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     shape = sim_setup(model_dir, serve_args=serve_args).shape
@@ -468,12 +510,19 @@ def run_fidelity(
         else:
             model = EngineModel(model_dir, profile_path, serve_args)
             sim_cap.append({"saturation_rps": round(model.capacity(seed=rep + 1), 6)})
+            reference = speed_probe(vllm.url) if track_speed else 1.0
+            factors: dict[str, float] = {}
             for i, (name, rate) in enumerate(rates.items()):
                 load_seed = seed + 100 * rep + i
+                before = speed_probe(vllm.url) if track_speed else 1.0
                 real_runs[name].append(run_load_at(vllm.url, rate, requests, load_seed))
-                sim_runs[name].append(model.load(rate, requests, load_seed))
+                after = speed_probe(vllm.url) if track_speed else 1.0
+                factors[name] = round(speed_factor(reference, before, after), 4)
+                sim_runs[name].append(model.load(rate, requests, load_seed, factors[name]))
                 log(f"repeat {rep} real {name:9s} {json.dumps(real_runs[name][-1])}")
                 log(f"repeat {rep} sim  {name:9s} {json.dumps(sim_runs[name][-1])}")
+            cal["speed_vs_calibration"] = factors
+            log(f"repeat {rep} speed vs calibration {json.dumps(factors)}")
         log(
             f"repeat {rep} capacity real={real_cap[-1]['saturation_rps']:.3f} "
             f"sim={sim_cap[-1]['saturation_rps']:.3f} req/s"

@@ -15,9 +15,10 @@ from kvpilot_runtime.fidelity import (
     load_plan,
     medians,
     rel_error,
+    speed_factor,
     steady_throughput,
 )
-from kvpilot_runtime.latency import Batch, load_profile
+from kvpilot_runtime.latency import Batch, PrefillChunk, load_profile
 from kvpilot_runtime.models import TINY_LLAMA
 from kvpilot_runtime.probe import parse_gauges, parse_sums, poisson_plan
 
@@ -153,6 +154,52 @@ def test_measurement_context_follows_its_decode_tokens(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     write_csv(path, [m, Measurement("prefill", 1, 32, 0.01)])
     assert read_csv(path) == [m, Measurement("prefill", 1, 32, 0.01)]
+
+
+def test_mixed_measurement_is_a_prefill_beside_decodes(tmp_path: Path) -> None:
+    m = Measurement("mixed", 3, 192, 1.9, 0, decode_context=20)
+    assert m.batch() == Batch(decode_contexts=(20, 20, 20), prefill_chunks=(PrefillChunk(192),))
+    path = tmp_path / "m.csv"
+    write_csv(path, [m])
+    assert read_csv(path) == [m]
+
+
+def test_fit_with_mixed_steps_recovers_a_known_profile() -> None:
+    """Mixed steps constrain the fit like the pure ones: a model that makes them is recovered."""
+    truth = load_profile("cpu").with_effective(overlap_exponent=4.0)
+    points = [
+        *(Measurement("decode", c, p, 0.0, 24) for c in (1, 4) for p in (16, 176)),
+        *(Measurement(k, 1, p, 0.0) for p in (32, 96, 192) for k in ("prefill", "ttft")),
+        *(Measurement("mixed", c, p, 0.0, 0, decode_context=20) for c, p in ((1, 192), (3, 96))),
+    ]
+    data = [
+        Measurement(
+            m.kind,
+            m.concurrency,
+            m.prompt_len,
+            predict(truth, TINY_LLAMA, m, 0.01),
+            m.decode_tokens,
+            m.decode_context,
+        )
+        for m in points
+    ]
+    fitted, frontend, rms = fit(load_profile("cpu"), TINY_LLAMA, data, fit_overlap=True)
+    assert rms < 0.03
+    for m in data:
+        assert predict(fitted, TINY_LLAMA, m, frontend) == pytest.approx(m.seconds, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("reference", "before", "after", "expected"),
+    [
+        (1.0, 1.0, 1.0, 1.0),  # as fast as at the calibration
+        (1.0, 2.0, 2.0, 2.0),  # twice as slow throughout
+        (0.5, 0.5, 2.0, 2.0),  # slowed down during the load: the geometric mean
+        (2.0, 1.0, 1.0, 0.5),  # faster than at the calibration
+    ],
+)
+def test_speed_factor(reference: float, before: float, after: float, expected: float) -> None:
+    assert speed_factor(reference, before, after) == pytest.approx(expected)
 
 
 EXPOSITION = """\

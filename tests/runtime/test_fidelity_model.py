@@ -93,3 +93,15 @@ def test_summary_of_a_simulated_load() -> None:
     assert summary["median_itl_s"] == pytest.approx(0.15)
     assert summary["mean_queue_depth"] == pytest.approx(1.0 / 2.2)
     assert summary["mean_running"] == pytest.approx(1.7 / 2.2)
+
+
+def test_a_slower_machine_stretches_every_step() -> None:
+    """The speed factor a fidelity run measures stretches step times, not the front end."""
+    (fast,), _ = simulate_plans(engine(), [plan(0.0)], FRONTEND)
+    slower = engine()
+    slower.slowdown = 2.0
+    (slow,), _ = simulate_plans(slower, [plan(0.0)], FRONTEND)
+    # 20 ms prefill and two 11 ms decodes, each twice as long.
+    assert slow.first_token - slow.sent == pytest.approx(FRONTEND + 0.040)
+    assert slow.finish - slow.first_token == pytest.approx(2 * (fast.finish - fast.first_token))
+    assert slow.finish - slow.first_token == pytest.approx(0.044)
