@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -123,6 +125,23 @@ def cold_starts(points: list[tuple[float, int, int]]) -> list[float]:
     return out
 
 
+def decision_phase(points: list[tuple[float, int, int]], interval: float) -> float | None:
+    """The operator's decision phase (seconds into each interval), from when spec.replicas moved.
+
+    Each change lands between the sample before it and the sample that shows it; their
+    midpoints, taken modulo the interval, are averaged on the circle. None without changes.
+    """
+    angles = [
+        2 * math.pi * ((t0 + t1) / 2 % interval) / interval
+        for (t0, s0, _), (t1, s1, _) in itertools.pairwise(points)
+        if s1 != s0
+    ]
+    if not angles:
+        return None
+    x, y = sum(math.cos(a) for a in angles), sum(math.sin(a) for a in angles)
+    return (math.atan2(y, x) / (2 * math.pi) % 1.0) * interval
+
+
 def test_simulator_agrees_with_the_live_system(
     kube: Kube, served_namespace: str, cluster: Cluster, operator: OperatorProcess
 ) -> None:
@@ -155,6 +174,9 @@ def test_simulator_agrees_with_the_live_system(
     starts = cold_starts(live)
     assert starts, f"the live run never scaled up: {live[-5:]}"
     cold = sum(starts) / len(starts)
+    # The live operator's loop runs at its own phase to the load's start; the replay
+    # decides at the same phase, and each new replica takes its live cold start.
+    phase = decision_phase(live, INTERVAL_S)
 
     svc = parse_inference_service({**manifest(name), "metadata": {
         "name": name, "namespace": ns, "uid": "sim"}})  # fmt: skip
@@ -164,6 +186,8 @@ def test_simulator_agrees_with_the_live_system(
         scaler=KvpilotScaler(svc, interval_s=INTERVAL_S),
         gpus_per_node=1,  # the dev cluster's L4 nodes have one GPU each
         cold_start_s=cold,
+        cold_starts_s=starts,
+        decision_phase_s=phase,
         scrape_interval_s=SCRAPE_S,
         metrics_step_s=METRICS_STEP_S,
         query_delay_s=0.5,
@@ -196,6 +220,7 @@ def test_simulator_agrees_with_the_live_system(
             "requests": len(reqs),
         },
         "cold_start_s": {"live_each": [round(s, 1) for s in starts], "simulated": round(cold, 2)},
+        "decision_phase_s": None if phase is None else round(phase, 2),
         "replicas": {
             "mean_abs_difference": round(mean_abs, 3),
             "peak_live": max(s for _, s in live_spec),

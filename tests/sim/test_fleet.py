@@ -168,6 +168,32 @@ def test_cold_start_and_replica_seconds() -> None:
     assert res.wasted_replica_seconds >= 2 * 30.0
 
 
+def test_measured_cold_starts_and_decision_phase() -> None:
+    """A replay of a live run: its cold starts in turn, its operator's decision phase."""
+    svc = _service()
+    reqs = [Request(float(t), 200, 20) for t in range(0, 100, 5)]
+    scaler = _Schedule([(0.0, 1), (20.0, 2), (40.0, 3)])
+    res = simulate(
+        reqs,
+        service=svc,
+        scaler=scaler,
+        cold_start_s=30.0,
+        cold_starts_s=(8.0,),
+        decision_phase_s=3.0,
+        initial_replicas=1,
+        sample_interval_s=1.0,
+        until=100.0,
+    )
+    # Decisions at 3, 13, 23, 33, 43 s: the schedule's steps land on the next one.
+    assert [(e.time, e.to_replicas) for e in res.scale_events] == [(23.0, 2), (43.0, 3)]
+    s = res.series
+    ready = {round(t): r for t, r in zip(s.t, s.ready, strict=True)}
+    assert ready[30] == 1  # created at 23 s, Ready 8 s later (the measured cold start)
+    assert ready[32] == 2
+    assert ready[72] == 2  # the next replica takes cold_start_s: Ready at 73 s
+    assert ready[74] == 3
+
+
 def test_kvpilot_policy_scales_up_under_load() -> None:
     svc = _service({"minReplicas": 1, "maxReplicas": 4})
     # More than one replica can serve, for two minutes.

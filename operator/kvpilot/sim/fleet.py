@@ -12,8 +12,10 @@ Events, in simulated seconds from the trace's start:
   it has work; a request reaches the engine ``frontend_latency_s`` (from the
   latency profile) after it arrives, as in the replica's HTTP front end;
 * scrapes of every replica every ``scrape_interval_s`` (`kvpilot.sim.prom`);
-* autoscaler decisions every ``scaler.interval_s``, from a `FleetView`;
-* scale-up creates replicas that become Ready ``cold_start_s`` later (GPUs are
+* autoscaler decisions every ``scaler.interval_s`` (the first at
+  ``decision_phase_s``), from a `FleetView`;
+* scale-up creates replicas that become Ready ``cold_start_s`` later, or the
+  measured ``cold_starts_s`` of the replicas created in turn (GPUs are
   held from creation); scale-down deletes starting replicas first, then the
   newest Ready ones (the ReplicaSet's order); a deleted replica gets no new
   requests, leaves Prometheus at once, finishes what it holds for up to
@@ -289,12 +291,16 @@ class _Fleet:
         initial_replicas: int,
         until: float | None,
         progress: Callable[[float], None] | None,
+        cold_starts_s: Sequence[float] = (),
+        decision_phase_s: float | None = None,
     ) -> None:
         self.requests = requests
         self.setup = setup
         self.service = service
         self.scaler = scaler
         self.cold_start_s = cold_start_s
+        self.cold_starts_s = deque(cold_starts_s)
+        self.decision_phase_s = decision_phase_s
         self.scrape_interval_s = scrape_interval_s
         self.query_delay_s = query_delay_s
         self.metrics_step_s = metrics_step_s
@@ -352,6 +358,10 @@ class _Fleet:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, obj))
 
+    def next_cold_start(self) -> float:
+        """The next measured cold start while there are some, then ``cold_start_s``."""
+        return self.cold_starts_s.popleft() if self.cold_starts_s else self.cold_start_s
+
     def new_replica(self, now: float, ready_now: bool) -> _Replica:
         i = len(self.replicas)
         pod = f"{self.service.name}-{i:04d}"
@@ -362,7 +372,7 @@ class _Fleet:
             pod=pod,
             engine=engine,
             created=now,
-            ready_at=now if ready_now else now + self.cold_start_s,
+            ready_at=now if ready_now else now + self.next_cold_start(),
             log=ScrapeLog(pod),
         )
         self.replicas.append(rep)
@@ -601,7 +611,8 @@ class _Fleet:
             self.push(r.arrival_s, _ARRIVE, i)
         interval = self.scaler.interval_s
         window = self.scaler.window_s
-        self.push(interval, _DECIDE, None)
+        phase = self.decision_phase_s
+        self.push(interval if phase is None else phase, _DECIDE, None)
         self.next_sample = self.sample_interval_s
         self.push(self.next_sample, _SAMPLE, None)
         now = 0.0
@@ -678,12 +689,18 @@ def simulate(
     initial_replicas: int | None = None,
     until: float | None = None,
     progress: Callable[[float], None] | None = None,
+    cold_starts_s: Sequence[float] = (),
+    decision_phase_s: float | None = None,
 ) -> SimResult:
     """Replays ``requests`` against a fleet of the service's replicas under ``scaler``.
 
     Starts with ``initial_replicas`` Ready replicas (default: spec.replicas, else
     minReplicas, at least 1) and runs until every request finished, or until ``until``
     when it is given (to watch the scale-down that follows).
+    ``cold_starts_s`` are the cold starts of the replicas created in turn (those
+    measured in a live run; ``cold_start_s`` after them); ``decision_phase_s`` is
+    when the first decision falls (default one interval in): the operator's loop
+    runs at its own phase to the trace, which a replay of a live run aligns.
     ``setup`` (from `fleet_setup`) saves planning again when many runs share it;
     otherwise ``gpu_type``, ``profile``, ``sim_args`` and ``gpus_per_node`` are passed
     to `fleet_setup`.
@@ -712,6 +729,8 @@ def simulate(
         initial_replicas=max(1, start),
         until=until,
         progress=progress,
+        cold_starts_s=cold_starts_s,
+        decision_phase_s=decision_phase_s,
     )
     end = fleet.run()
     n = len(reqs)
