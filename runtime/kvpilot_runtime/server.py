@@ -54,6 +54,9 @@ _WORDS_TEXT = (
 )
 WORDS = tuple(_WORDS_TEXT.split())
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+# How far behind its virtual timeline a busy engine loop may fall and still catch
+# up (seconds of real time); beyond it, the lag is dropped.
+MAX_CATCH_UP_S = 5.0
 
 
 def tokenize(text: str) -> tuple[int, ...]:
@@ -124,15 +127,20 @@ class SimServer:
     async def engine_loop(self) -> None:
         # Steps run back to back on a virtual timeline: the time the loop itself
         # takes (publishing tokens, serving HTTP) is absorbed into the next step
-        # instead of adding to it, so step times stay those of the model.
+        # instead of adding to it, so step times stay those of the model. That
+        # holds however late the loop wakes (a busy machine starves the process):
+        # while work is left the next step starts where the last one ended, and
+        # the lag is caught up, unless it exceeds MAX_CATCH_UP_S.
         prev_deadline = 0.0
+        chained = False
         while True:
             if not self.engine.has_unfinished():
+                chained = False
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
             now_real = time.monotonic()
-            busy = now_real - prev_deadline < 0.05
+            busy = chained and now_real - prev_deadline < MAX_CATCH_UP_S
             start_real = prev_deadline if busy else now_real
             step_start = (start_real - self._started) * self.time_scale
             # vLLM's engine core takes new requests into its queue between steps.
@@ -141,6 +149,7 @@ class SimServer:
                     pending.queued = max(step_start, pending.arrival)
             result = self.engine.step(step_start)
             if not result.scheduled:
+                chained = False
                 self._publish_stats(0)
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -152,6 +161,7 @@ class SimServer:
                     tr.scheduled = result.start
             deadline = start_real + result.duration / self.time_scale
             prev_deadline = deadline
+            chained = True
             delay = deadline - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

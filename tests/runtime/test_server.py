@@ -328,3 +328,30 @@ def test_subprocess_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _virtual_e2e(starve_s: float) -> float:
+    """The server's own e2e latency of one request, with its loop blocked ``starve_s`` mid-way."""
+    out: list[float] = []
+
+    async def scenario(client: TestClient[Any, Any], _: SimServer) -> None:
+        req = asyncio.create_task(client.post("/v1/completions", json=completion(max_tokens=60)))
+        await asyncio.sleep(0.05)
+        time.sleep(starve_s)  # the process gets no CPU for a while (a busy machine)
+        await (await req).json()
+        text = await (await client.get("/metrics")).text()
+        sums = {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("vllm:e2e_request_latency_seconds_")
+        }
+        out.append(sums["vllm:e2e_request_latency_seconds_sum"])
+
+    run([*FAST[:4], "--time-scale", "1"], scenario)
+    return out[0]
+
+
+def test_a_starved_loop_catches_up_on_the_virtual_timeline() -> None:
+    """Late wake-ups do not stretch the modelled latency: the next steps start where the
+    last one ended, so a replica on a busy machine still serves at the model's pace."""
+    assert _virtual_e2e(1.0) == pytest.approx(_virtual_e2e(0.0), abs=0.25)
