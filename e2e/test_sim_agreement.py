@@ -13,7 +13,8 @@ attainment differs by at most 10 percentage points (the live run's own spread); 
 TTFT of a replay of the same fleet with the live replicas' timings (a Deployment watch:
 when each replica was created and turned Ready) is within 10 %. The policy-driven
 simulation's p95 is recorded, not gated: in this overloaded segment p95 moves by seconds
-for every second a scale-up or a cold start shifts. The figures go to ``.dev-cluster/logs/sim-agreement.json``.
+for every second a scale-up or a cold start shifts. The figures go to
+``.dev-cluster/logs/sim-agreement.json``.
 """
 
 from __future__ import annotations
@@ -180,6 +181,19 @@ def cold_starts(points: list[tuple[float, int, int]]) -> list[float]:
     return out
 
 
+def first_use(records: list[Any], t0: float) -> list[float]:
+    """When the load generator first sent a request to each replica (seconds from ``t0``).
+
+    A replica serves from the moment the load generator sees it Ready (its discovery
+    refresh and /health check come after the Deployment's count), so this, not the
+    Deployment's Ready count, is when its capacity arrived for the requests.
+    """
+    first: dict[str, float] = {}
+    for r in records:
+        first[r.replica] = min(first.get(r.replica, math.inf), r.start - t0)
+    return sorted(first.values())
+
+
 def decision_phase(points: list[tuple[float, int, int]], interval: float) -> float | None:
     """The operator's decision phase (seconds into each interval), from when spec.replicas moved.
 
@@ -256,14 +270,20 @@ def test_simulator_agrees_with_the_live_system(
         until=end,
     )
     # The same fleet with the live run's replicas at the live times: what remains to
-    # compare is routing, queueing and the engines, which p95 TTFT is gated on.
+    # compare is routing, queueing and the engines, which p95 TTFT is gated on. Each new
+    # replica serves from its first request; it was created when spec.replicas rose.
+    # Times in the load's own base (its first send, as the trace's arrivals are).
+    origin = min(r.start - r.scheduled for r in records) - t0
+    rises = [t1 for (_, s0, _), (t1, s1, _) in itertools.pairwise(timing) if s1 > s0]
+    used = first_use(records, t0)[1:]
+    serving_starts = [max(0.0, u - c) for u, c in zip(used, rises, strict=False)]
     replay = simulate(
         reqs,
         service=svc,
-        scaler=Replay([(t, spec) for t, spec, _ in timing]),
+        scaler=Replay([(t - origin, spec) for t, spec, _ in timing]),
         gpus_per_node=1,
         cold_start_s=cold,
-        cold_starts_s=starts,
+        cold_starts_s=serving_starts,
         scrape_interval_s=SCRAPE_S,
         metrics_step_s=METRICS_STEP_S,
         query_delay_s=0.5,
@@ -296,7 +316,11 @@ def test_simulator_agrees_with_the_live_system(
             "max_output_tokens": MAX_OUTPUT,
             "requests": len(reqs),
         },
-        "cold_start_s": {"live_each": [round(s, 1) for s in starts], "simulated": round(cold, 2)},
+        "cold_start_s": {
+            "live_each": [round(s, 1) for s in starts],
+            "simulated": round(cold, 2),
+            "to_first_request": [round(s, 2) for s in serving_starts],
+        },
         "decision_phase_s": None if phase is None else round(phase, 2),
         "replicas": {
             "mean_abs_difference": round(mean_abs, 3),
