@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         default="engine",
         help="engine model in simulated time, or a kvpilot-sim server in real time",
     )
+    p.add_argument(
+        "--track-speed",
+        action="store_true",
+        help="stretch simulated loads by a speed probe's drift since the calibration",
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fidelity.json")
     args = p.parse_args(argv)
 
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                     repeats=args.repeats,
                     requests=args.requests,
                     seed=args.seed,
+                    track_speed=args.track_speed,
                     log=_logger(name),
                 )
         results[name] = {"env": env, **report, "wall_s": round(time.monotonic() - t0)}
