@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, wait_for
+from e2e.helpers import Kube, service_deployment, wait_for
 from e2e.operator import OperatorProcess
 from e2e.test_autoscaling import LOAD_DELAY_S, SCALING, Watch
 from e2e.test_podrunner import apply, isvc_manifest
@@ -228,7 +228,9 @@ def test_simulator_agrees_with_the_live_system(
     arrivals = [Arrival(r.arrival_s, r.prompt_tokens, r.output_tokens) for r in reqs]
 
     t0 = time.time()
-    deployment = DeploymentWatch(kube, ns, name, t0)
+    dep = service_deployment(kube, ns, name)
+    assert dep is not None, "no Deployment for the service"
+    deployment = DeploymentWatch(kube, ns, dep["metadata"]["name"], t0)
     with Sampler(w, t0) as sampler:
         records, summary = run(
             arrivals,
