@@ -99,8 +99,8 @@ def test_sim_has_real_vllm_families(real_metrics: str, sim_metrics: str) -> None
 
 #: The contract bound: the simulator stays in the real engine's regime on any machine.
 #: The 10 % goal (TARGET) is the benchmark's (`make bench-fidelity`), where it is reported
-#: met or not; on a loaded 2-core machine the model's bias on mixed prefill/decode steps
-#: and the noise reach tens of percent, so a 10 % assert here would fail at random.
+#: met or not; on a loaded 2-core machine real vLLM's speed drifts 2-4x within minutes
+#: (docs/simulator.md), so a 10 % assert here would fail at random.
 CONTRACT_BOUND = 0.6
 
 
