@@ -210,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             "cold_start_s": DEFAULT_COLD_START_S,
             "scrape_interval_s": 15.0,
             "decision_interval_s": 15.0,
-            "initial_replicas": "what the trace's first 60 s need (oracle), for every policy",
+            "initial_replicas": (
+                "what the busiest minute within the first cold start needs (at one replica's "
+                "SLO capacity), for every policy"
+            ),
         },
         "slo": {"ttft_s": SLO.ttft_s, "itl_s": SLO.itl_s, "attainment": SLO.attainment},
         "traces": {},

@@ -44,7 +44,7 @@ from kvpilot_runtime.engine import Engine
 #: seconds, so demand cannot be carried across a minute; 60 s bins let the oracle
 #: average bursts its own schedule then fails (docs/simulator.md, "The oracle").
 ORACLE_BIN_S = 15.0
-#: The span of the trace's start that sizes every policy's warm fleet.
+#: The bin in which the trace's first cold start is sized for every policy's warm fleet.
 WARM_START_S = 60.0
 
 #: Knative's default target utilization of the concurrency target.
@@ -603,7 +603,8 @@ def run_comparison(
     ``policies`` limits the run to some of ``("kvpilot", *BASELINE_NAMES,
     ORACLE_SCHEDULE)``; ``progress(policy, fraction)`` is called while each runs.
     Every policy starts from the same warm fleet, ``initial_replicas`` (default:
-    what the trace's first minute needs, so no policy starts overloaded), with
+    what the busiest minute within the first cold start needs, so no policy starts
+    overloaded), with
     the same cold start, scrape and query delays. The oracle's need is capped at
     maxReplicas, like every policy.
     """
@@ -617,12 +618,15 @@ def run_comparison(
         for n in replicas_needed(rates, cap.rate_rps, config.min_replicas)
     ]
     if initial_replicas is None:
-        # What the first minute needs, whatever the oracle's bin: a fleet sized for the
-        # first few seconds alone would start some policies overloaded.
-        first = [r.arrival_s for r in requests if r.arrival_s < WARM_START_S]
+        # No policy can add a Ready replica before one cold start has passed: the warm
+        # fleet serves the busiest minute of that span (60 s bins, whatever the
+        # oracle's bin), so no policy starts overloaded.
+        span = max(cold_start_s, WARM_START_S)
+        early = arrival_rates(
+            [r.arrival_s for r in requests if r.arrival_s < span], WARM_START_S, span
+        )
         start = min(
-            max(replicas_needed([len(first) / WARM_START_S], cap.rate_rps, config.min_replicas)),
-            config.max_replicas,
+            max(replicas_needed(early, cap.rate_rps, config.min_replicas)), config.max_replicas
         )
     else:
         start = initial_replicas
