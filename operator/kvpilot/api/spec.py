@@ -511,7 +511,8 @@ class ScalingTargets(KvModel):
         gt=0,
         le=65_536,
         description="Requests in flight (running + waiting) per replica to size for. "
-        "Default: batchUtilization x runtime.maxNumSeqs when that is set, else none.",
+        "Default: none (the target is then batchUtilization x runtime.maxNumSeqs where "
+        "runtime.maxNumSeqs is set).",
     )
     batch_utilization: float | None = Field(
         None,
