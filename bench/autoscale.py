@@ -41,6 +41,7 @@ import yaml
 from kvpilot.api.parse import InferenceService, parse_inference_service
 from kvpilot.sim.baselines import (
     BASELINE_NAMES,
+    ORACLE_SCHEDULE,
     Comparison,
     format_comparison,
     measure_capacity,
@@ -58,7 +59,7 @@ TRACES = {
 SERVICE_FILE = ROOT / "examples/qwen2.5-7b-awq.yaml"
 MAX_REPLICAS = 16
 SLO = Slo(ttft_s=5.0, itl_s=None, attainment=0.99)
-POLICIES = ("kvpilot", *BASELINE_NAMES)
+POLICIES = ("kvpilot", *BASELINE_NAMES, ORACLE_SCHEDULE)
 
 
 def log(msg: str) -> None:
@@ -202,13 +203,17 @@ def main(argv: list[str] | None = None) -> int:
             "gpus_per_replica": setup.gpus_per_replica,
             "tensor_parallel": setup.tensor_parallel,
             "max_replicas": MAX_REPLICAS,
-            "policy": "kvpilot's built-in default (no site policy; spec.scaling: min/max only)",
+            "policy": "kvpilot's built-in default (no site policy; spec.scaling: min/max only; "
+            "the concurrency target follows runtime.maxNumSeqs 64)",
         },
         "simulation": {
             "cold_start_s": DEFAULT_COLD_START_S,
             "scrape_interval_s": 15.0,
             "decision_interval_s": 15.0,
-            "initial_replicas": "what the trace's first 60 s need (oracle), for every policy",
+            "initial_replicas": (
+                "what the busiest minute within the first cold start needs (at one replica's "
+                "SLO capacity), for every policy"
+            ),
         },
         "slo": {"ttft_s": SLO.ttft_s, "itl_s": SLO.itl_s, "attainment": SLO.attainment},
         "traces": {},

@@ -684,11 +684,14 @@ def test_config_accepts_the_crd_spelling() -> None:
             "queue_depth_per_replica": 5.0,
             "kv_cache_utilization": 0.75,
             "time_to_first_token_seconds": None,
+            "concurrency_per_replica": None,
+            "batch_utilization": 0.65,
         },
         "stable_window_seconds": 120.0,
         "panic_window_seconds": 30.0,
         "panic_threshold": 3.0,
         "tolerance": 0.05,
+        "forecast_seconds": 120.0,
         "scale_up": {
             "stabilization_window_seconds": 30.0,
             "max_replicas_per_step": 2,
@@ -760,7 +763,65 @@ def test_overrides_merge_into_an_operator_wide_policy() -> None:
             "queue_depth_per_replica": 6.0,
             "kv_cache_utilization": 0.8,
             "time_to_first_token_seconds": None,
+            "concurrency_per_replica": None,
+            "batch_utilization": 0.65,
         },
     )
     with pytest.raises(ValidationError, match="exceeds maxReplicas"):
         operator_wide.with_overrides({"minReplicas": 5})
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+def in_flight(pods: int, start: float, end: float, *, seconds: float = 180.0) -> MetricsWindow:
+    """Every pod's running requests move linearly from `start` to `end` over the window."""
+    n = int(seconds // STEP)
+    stamps = [NOW - k * STEP for k in range(n, -1, -1)]
+    return MetricsWindow(
+        start=NOW - seconds,
+        end=NOW,
+        step=STEP,
+        replicas=tuple(
+            ReplicaSeries(
+                pod=f"pod-{i}",
+                samples=tuple(
+                    Sample(t, 0.0, start + (end - start) * k / n, 0.05)
+                    for k, t in enumerate(stamps)
+                ),
+            )
+            for i in range(pods)
+        ),
+    )
+
+
+CONCURRENCY = PolicyConfig.model_validate(
+    {"maxReplicas": 8, "targets": {"concurrencyPerReplica": 20}}
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "metrics", "expected"),
+    [
+        # 4 x 20 in flight: at target, holds (KV at 5 % alone would scale down)
+        ("at target", in_flight(4, 20, 20), (4, "concurrency", (), False, False, "ValidMetrics")),
+        # 4 x 30 = 120 in flight / 20 = 6 replicas
+        ("above", in_flight(4, 30, 30), (6, "concurrency", (), False, False, "ValidMetrics")),
+        # 10 -> 22 per pod: panic-window level ~82 plus 0.27/s x 120 s ahead = ~114 -> 6
+        ("rising", in_flight(4, 10, 22), (6, "concurrency", (), False, False, "ValidMetrics")),
+        # 8 per pod: with 3 replicas 8 x (4/3)^3 = 19 > 18 (target less tolerance): hold 4
+        ("cautious down", in_flight(4, 8, 8), (4, "concurrency", (), False, False, "ValidMetrics")),
+        # 4 per pod: 3 replicas give 9.5, 2 would give 32: down to 3
+        ("down", in_flight(4, 4, 4), (3, "concurrency", (), False, False, "ValidMetrics")),
+    ],
+)
+def test_concurrency_signal(
+    name: str, metrics: MetricsWindow, expected: tuple[object, ...]
+) -> None:
+    # Low recommendations for the last 300 s: nothing but the signal holds replicas.
+    assert summary(one(metrics, config=CONCURRENCY, state=settled(4, rec=1))) == expected
+
+
+def test_no_concurrency_target_leaves_sizing_to_kv() -> None:
+    d = one(in_flight(4, 30, 30), state=settled(4, rec=1))
+    assert (d.signal.value, d.desired_replicas) == ("kvCache", 3)

@@ -35,11 +35,13 @@ def test_every_knob_reaches_the_policy() -> None:
         "minReplicas": 2,
         "maxReplicas": 9,
         "targets": {"queueDepthPerReplica": 2.5, "kvCacheUtilization": 0.7,
-                    "timeToFirstTokenSeconds": 1.5},
+                    "timeToFirstTokenSeconds": 1.5, "concurrencyPerReplica": 24.0,
+                    "batchUtilization": 0.5},
         "stableWindowSeconds": 120,
         "panicWindowSeconds": 30,
         "panicThreshold": 3.0,
         "tolerance": 0.05,
+        "forecastSeconds": 90,
         "scaleUp": {"stabilizationWindowSeconds": 10, "maxReplicasPerStep": 2, "periodSeconds": 30},
         "scaleDown": {"stabilizationWindowSeconds": 90, "maxReplicasPerStep": 3,
                       "periodSeconds": 20},
@@ -50,6 +52,28 @@ def test_every_knob_reaches_the_policy() -> None:
     }  # fmt: skip
     cfg = policy_config(_isvc({"model": {"source": "hf://x/y"}, "scaling": scaling}))  # type: ignore[arg-type]
     assert cfg.model_dump(by_alias=True) == scaling
+
+
+@pytest.mark.parametrize(
+    ("runtime", "targets", "expected"),
+    [
+        ({}, {}, None),  # no batch limit rendered: no concurrency target
+        ({"maxNumSeqs": 64}, {}, 64 * 0.65),  # the operator-wide fraction of the batch limit
+        ({"maxNumSeqs": 64}, {"batchUtilization": 0.5}, 32.0),
+        ({"maxNumSeqs": 64}, {"concurrencyPerReplica": 10}, 10.0),  # set: wins
+        ({}, {"concurrencyPerReplica": 10}, 10.0),
+    ],
+)
+def test_concurrency_target_follows_the_batch_limit(
+    runtime: dict[str, object], targets: dict[str, object], expected: float | None
+) -> None:
+    spec = {
+        "model": {"source": "hf://x/y"},
+        "runtime": runtime,
+        "scaling": {"maxReplicas": 4, "targets": targets},
+    }
+    cfg = policy_config(_isvc(spec))  # type: ignore[arg-type]
+    assert cfg.targets.concurrency_per_replica == expected
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -12,6 +12,7 @@ from kvpilot.api.parse import parse_inference_service
 from kvpilot.autoscaling.source import MetricsWindow, ReplicaSeries, Sample
 from kvpilot.sim.baselines import (
     BASELINE_NAMES,
+    ORACLE_SCHEDULE,
     AibrixKpa,
     DynamoThroughputPlanner,
     HpaConcurrency,
@@ -217,10 +218,11 @@ def test_run_comparison_on_a_short_trace(tmp_path: Path) -> None:
         slo=slo,
         capacity=cap,
         cold_start_s=30.0,
+        oracle_bin_s=60.0,
         progress=lambda name, frac: seen.add(name),
     )
     names = [r.policy for r in cmp_.rows]
-    assert names == ["kvpilot", *BASELINE_NAMES]
+    assert names == ["kvpilot", *BASELINE_NAMES, ORACLE_SCHEDULE]
     assert seen == set(names)
     # Oracle: bins of 60 s need 1 and 3 replicas (capped by maxReplicas 4).
     assert cmp_.oracle.needed[:2] == (1, 3)

@@ -506,6 +506,21 @@ class ScalingTargets(KvModel):
         description="Optional p90 time-to-first-token (seconds) to aim for; adds replicas "
         "when exceeded. Default: none.",
     )
+    concurrency_per_replica: float | None = Field(
+        None,
+        gt=0,
+        le=65_536,
+        description="Requests in flight (running + waiting) per replica to size for. "
+        "Default: none (the target is then batchUtilization x runtime.maxNumSeqs where "
+        "runtime.maxNumSeqs is set).",
+    )
+    batch_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Fraction of runtime.maxNumSeqs in flight per replica to size for when "
+        "concurrencyPerReplica is unset. Default (operator-wide policy): 0.65.",
+    )
 
 
 class ScaleUpRules(KvModel):
@@ -625,6 +640,14 @@ class ScalingSpec(KvModel):
         lt=1,
         description="Relative deviation from target ignored as noise. Default (operator-wide "
         "policy): 0.1.",
+    )
+    forecast_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="How far ahead a rising number of requests in flight is projected when "
+        "sizing for concurrency (about one replica's cold start). Default (operator-wide "
+        "policy): 120.",
     )
     scale_up: ScaleUpRules = sub_object(ScaleUpRules, "Rate limits for adding replicas.")
     scale_down: ScaleDownRules = sub_object(ScaleDownRules, "Rate limits for removing replicas.")

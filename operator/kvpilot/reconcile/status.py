@@ -326,10 +326,19 @@ def policy_config(isvc: InferenceService, base: PolicyConfig = DEFAULT_POLICY) -
     ):
         overrides["panicWindowSeconds"] = stable
     try:
-        return base.with_overrides(overrides)
+        config = base.with_overrides(overrides)
     except ValidationError as exc:
         problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
         raise ValueError(f"spec.scaling over the operator-wide policy: {problems}") from None
+    batch = isvc.spec.runtime.max_num_seqs
+    targets = config.targets
+    if targets.concurrency_per_replica is None and batch is not None:
+        # Size in-flight requests against the engine's batch limit the operator renders.
+        derived = targets.model_copy(
+            update={"concurrency_per_replica": batch * targets.batch_utilization}
+        )
+        config = config.model_copy(update={"targets": derived})
+    return config
 
 
 def _problem(loc: tuple[int | str, ...], msg: str) -> str:

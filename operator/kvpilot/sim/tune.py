@@ -30,6 +30,8 @@ import yaml
 
 #: The knobs searched and their candidate values (spec.scaling's spelling; None: unset).
 DEFAULT_SPACE: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("targets.batchUtilization", (0.5, 0.65, 0.8)),
+    ("forecastSeconds", (60.0, 120.0, 180.0)),
     ("targets.kvCacheUtilization", (0.5, 0.6, 0.7, 0.8, 0.9)),
     ("targets.queueDepthPerReplica", (1.0, 2.0, 4.0, 8.0)),
     ("targets.timeToFirstTokenSeconds", (None, "0.5slo", "0.8slo")),

@@ -19,6 +19,12 @@ How one decision is made (docs/autoscaling.md has the long form):
    signal turns into a recommended replica count:
 
    * KV cache (sizes both ways): replicas needed = total KV in use / target.
+   * Concurrency (sizes both ways, when a target is known: ``concurrencyPerReplica``,
+     or ``batchUtilization`` x the engine's --max-num-seqs): requests in flight
+     (running + waiting, the larger of the two windows' means) plus their rise
+     projected ``forecastSeconds`` ahead (a cold start), over the target. Down it
+     keeps the fewest replicas at which in flight per replica, grown with the cube
+     of the load per replica, stays within tolerance below the target.
    * Queue (saturation): a queue only forms when replicas are saturated, so it
      can add replicas or veto removing them, never remove them. Above target,
      with completion rates (vllm:request_success_total) it sizes for the

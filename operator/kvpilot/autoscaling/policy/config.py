@@ -35,6 +35,13 @@ class Targets(_Knobs):
     """Fraction of the KV cache in use to size for (vllm:kv_cache_usage_perc)."""
     time_to_first_token_seconds: float | None = Field(None, gt=0)
     """Optional TTFT target in seconds (the source's TTFT query decides the quantile)."""
+    concurrency_per_replica: float | None = Field(None, gt=0)
+    """Requests in flight (running + waiting) per replica to size for; None: derived from
+    the engine's batch limit (``batchUtilization`` x --max-num-seqs) where that is known."""
+    batch_utilization: float = Field(0.65, gt=0, le=1)
+    """Fraction of --max-num-seqs in flight per replica to size for when
+    ``concurrencyPerReplica`` is unset: below the batch limit TTFT stays low, at it
+    requests queue."""
 
 
 class ScaleUpRules(_Knobs):
@@ -78,6 +85,9 @@ class PolicyConfig(_Knobs):
     panic_window_seconds: float = Field(60.0, gt=0)
     panic_threshold: float = Field(2.0, gt=1)
     tolerance: float = Field(0.1, ge=0, lt=1)
+    forecast_seconds: float = Field(120.0, ge=0)
+    """How far ahead a rising in-flight load is projected when sizing for concurrency:
+    about one replica's cold start, so replicas are asked for the load they will meet."""
     scale_up: ScaleUpRules = ScaleUpRules()
     scale_down: ScaleDownRules = ScaleDownRules()
     scale_to_zero: ScaleToZero = ScaleToZero()

@@ -33,6 +33,7 @@ class Signal(StrEnum):
     """Which signal the recommendation came from."""
 
     QUEUE = "queue"
+    CONCURRENCY = "concurrency"
     KV_CACHE = "kvCache"
     TTFT = "ttft"
     NONE = "none"

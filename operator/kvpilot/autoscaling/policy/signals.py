@@ -48,6 +48,10 @@ class Stats:
     """Waiting requests beyond the target at the window's last instant."""
     in_system_trend: float
     """Change of requests in the system (running + waiting) per second over the window."""
+    in_flight_slope: float = 0.0
+    """Least-squares trend of requests in the system per second (0 on a window under 60 s)."""
+    in_flight: float = 0.0
+    """Mean requests in the system (running + waiting, all replicas) over the window."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,21 @@ def _trend(points: Sequence[Point]) -> float:
     return ((last.waiting + last.running) - (first.waiting + first.running)) / (last.t - first.t)
 
 
+_MIN_SLOPE_SPAN = 60.0
+"""Seconds of samples below which a slope is noise: the trend then reads 0."""
+
+
+def _slope(points: Sequence[Point]) -> float:
+    """Least-squares slope of requests in the system (running + waiting) per second."""
+    if points[-1].t - points[0].t < _MIN_SLOPE_SPAN:
+        return 0.0
+    ts = [p.t for p in points]
+    ys = [p.waiting + p.running for p in points]
+    tm, ym = mean(ts), mean(ys)
+    var = sum((t - tm) ** 2 for t in ts)
+    return sum((t - tm) * (y - ym) for t, y in zip(ts, ys, strict=True)) / var
+
+
 def _rates(points: Sequence[Point]) -> tuple[float | None, float | None]:
     """(arrivals/s, completions/s per saturated replica) when completion rates are known.
 
@@ -182,6 +201,8 @@ def _stats(points: Sequence[Point], targets: Targets) -> Stats:
         service_rate=service,
         excess_backlog=max(0.0, last.waiting - targets.queue_depth_per_replica * last.n),
         in_system_trend=_trend(points),
+        in_flight=mean([p.running + p.waiting for p in points]),
+        in_flight_slope=_slope(points),
     )
 
 
