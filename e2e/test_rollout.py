@@ -269,9 +269,10 @@ def test_surge_that_cannot_schedule_is_noticed_and_replaced(
     stay Pending with GPUs free; the planner notices, says so in an Event and replaces
     stable replicas instead."""
     ns, name = served_namespace, "stuck"
+    block_gpus(kube, ns, "a100-1", 8)  # the stable replicas start on a100-0
     old = start_stable(cluster, kube, ns, name, 2)
-    (used,) = {p["spec"]["nodeName"] for p in pods_of(kube, ns, name)}  # bin-packed
-    other = "a100-1" if used == "a100-0" else "a100-0"
+    kube("delete", "pod", "blocker-a100-1", "-n", ns, "--wait=true")
+    other = "a100-1"
     apply(kube, ns, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "memory-hog"},
         "spec": {"nodeName": other, "tolerations": [{"operator": "Exists"}],
