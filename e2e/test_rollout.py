@@ -269,9 +269,10 @@ def test_surge_that_cannot_schedule_is_noticed_and_replaced(
     stay Pending with GPUs free; the planner notices, says so in an Event and replaces
     stable replicas instead."""
     ns, name = served_namespace, "stuck"
+    block_gpus(kube, ns, "a100-1", 8)  # the stable replicas start on a100-0
     old = start_stable(cluster, kube, ns, name, 2)
-    (used,) = {p["spec"]["nodeName"] for p in pods_of(kube, ns, name)}  # bin-packed
-    other = "a100-1" if used == "a100-0" else "a100-0"
+    kube("delete", "pod", "blocker-a100-1", "-n", ns, "--wait=true")
+    other = "a100-1"
     apply(kube, ns, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "memory-hog"},
         "spec": {"nodeName": other, "tolerations": [{"operator": "Exists"}],
@@ -330,3 +331,51 @@ def test_operator_restart_mid_rollout_continues(
     print(f"\nrestart: stopped at {mid.get('step')} ({mid.get('canaryWeight')}%), promoted "
           f"{took:.0f}s after the restart; min capacity {watcher.min_capacity:.0f}")  # fmt: skip
     check(watcher, result, 0.75 * min(baseline, final))
+
+
+def test_abort_rolls_back_and_clearing_it_resumes(
+    kube: Kube, served_namespace: str, cluster: Cluster
+) -> None:
+    """spec.rollout.abort removes the canary and records it as failed; the stable revision
+    keeps serving; clearing abort rolls the same revision out again."""
+    ns, name = served_namespace, "abort"
+    old = start_stable(cluster, kube, ns, name, 2)
+    body = spec(name, AWQ, "awq", 1, 8)
+    # With the quality gate on and no comparison made, the canary holds at one replica.
+    body["spec"]["rollout"]["qualityGate"] = {"enabled": True}
+    with under_load(cluster, kube, ns, name) as (watcher, result):
+        apply(kube, ns, body)
+        canary = wait_for(
+            lambda: (revisions(kube, ns, name), pods_of(kube, ns, name)),
+            lambda rp: bool(rp[0].get("canary"))
+            and [_ready(p) for p in rp[1]
+                 if p["metadata"]["labels"]["kvpilot.io/revision"] == rp[0]["canary"]] == [True],
+            timeout=60,
+            what="one canary replica ready, held by the quality gate",
+        )[0]["canary"]  # fmt: skip
+        body["spec"]["rollout"]["abort"] = True
+        apply(kube, ns, body)
+        wait_for(
+            lambda: (revisions(kube, ns, name), pods_of(kube, ns, name)),
+            lambda rp: (
+                rp[0].get("phase") == "RolledBack"
+                and (rp[0].get("failed") or {}).get("reason") == "Aborted"
+                and all(p["metadata"]["labels"]["kvpilot.io/revision"] == old for p in rp[1])
+            ),
+            timeout=120,
+            what="the canary removed and the abort recorded",
+        )
+        assert revisions(kube, ns, name)["stable"] == old
+        body["spec"]["rollout"]["abort"] = False
+        body["spec"]["rollout"]["qualityGate"] = {"enabled": False}
+        apply(kube, ns, body)
+        took = promoted(kube, ns, name, old, replicas=8, timeout=240)
+    assert revisions(kube, ns, name)["stable"] == canary
+    wait_for(
+        lambda: [r for _, r, _ in events(kube, ns, name)],
+        lambda reasons: {"Aborted", "RolledBack", "Promoted"} <= set(reasons),
+        timeout=30,
+        what="the story in Events",
+    )
+    print(f"\nabort: rolled back, resumed and promoted {took:.0f}s after abort was cleared")
+    check(watcher, result, 0.0)

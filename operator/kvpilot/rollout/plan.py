@@ -182,7 +182,7 @@ def plan_rollout(inp: RolloutInput) -> RolloutPlan:
         events: list[RolloutEvent] = []
         if inp.previous_phase not in ("RollingBack", "RolledBack"):
             events.append(RolloutEvent("Warning", reason, f"rolling back {t.revision}: {message}"))
-        elif done and inp.previous_phase != "RolledBack":
+        if done and inp.previous_phase != "RolledBack":
             events.append(
                 RolloutEvent("Normal", "RolledBack", f"{t.revision} removed; {s.revision} serves")
             )
