@@ -127,7 +127,13 @@ def deployment(
                     ],
                     "volumes": volumes,
                     "tolerations": [
-                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                        {
+                            "key": "kvpilot.io/reserved",
+                            "operator": "Equal",
+                            "value": "serving.llama",
+                            "effect": "NoSchedule",
+                        },
                     ],
                     "affinity": {
                         "nodeAffinity": {

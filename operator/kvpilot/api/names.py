@@ -24,6 +24,26 @@ MANAGER: Final = "kvpilot"
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 GPU_MEMORY_LABEL: Final = "nvidia.com/gpu.memory"
+#: Taint kvpilot puts on a node it frees for one waiting service (make-before-break moves):
+#: value `reservation_value(namespace, name)`, effect NoSchedule; only that service's pods
+#: tolerate it, so the replicas that leave cannot be replaced by others meanwhile.
+RESERVED_TAINT: Final = f"{GROUP}/reserved"
+#: The ReplicaSet controller removes the pods with the lowest cost first on a scale-down.
+POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+
+
+
+def reservation_value(namespace: str, name: str) -> str:
+    """The reservation taint's value for one service: `<namespace>.<name>`, or, beyond the
+    63 characters a taint value may have, a prefix and a hash of it."""
+    import hashlib
+
+    full = f"{namespace}.{name}"
+    if len(full) <= 63:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:10]
+    return f"{full[:52].rstrip('.-_')}-{digest}"
+
 
 Quantization = Literal["none", "awq", "gptq", "fp8", "int8"]
 DType = Literal["auto", "bfloat16", "float16"]

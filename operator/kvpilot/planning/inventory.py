@@ -22,9 +22,12 @@ from kvpilot.api.names import GPU_MEMORY_LABEL as MEMORY_LABEL
 from kvpilot.api.names import GPU_PRODUCT_LABEL as PRODUCT_LABEL
 from kvpilot.api.names import GPU_RESOURCE
 from kvpilot.api.names import MANAGED_BY as MANAGED_BY_LABEL
+from kvpilot.api.names import RESERVED_TAINT
 from kvpilot.planning.gpus import GPU_TYPES, gpu_type, gpu_type_for_product
 
-DEFAULT_TOLERATED_TAINTS = (GPU_RESOURCE,)
+# kvpilot's own reservation taint keeps other pods off a node being freed; the node stays
+# in the pool (the plan decides who runs there).
+DEFAULT_TOLERATED_TAINTS = (GPU_RESOURCE, RESERVED_TAINT)
 _BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 
 

@@ -67,6 +67,9 @@ class ServiceDemand:
     desired_replicas: int | None = None
     preemptible: bool = False
     running: RunningReplicas | None = None
+    #: nodes being freed for this service (reservations of earlier moves): its replicas
+    #: go there first
+    claimed: tuple[str, ...] = ()
 
     @property
     def wanted(self) -> int:
@@ -113,16 +116,38 @@ class ServicePlacement:
 
 
 @dataclass(frozen=True)
+class Move:
+    """Running replicas of `service` that leave `from_node` so `for_service` fits there.
+
+    Make before break: replacements start on `to_nodes` (where the plan puts them) and
+    the old replicas go once those are Ready.
+    """
+
+    service: str
+    from_node: str
+    replicas: int
+    to_nodes: tuple[tuple[str, int], ...]
+    for_service: str
+    why: str
+
+    def describe(self) -> str:
+        to = ", ".join(f"{n} x{c}" for n, c in self.to_nodes)
+        return f"{self.service}: {self.replicas} replica(s) {self.from_node} -> {to} ({self.why})"
+
+
+@dataclass(frozen=True)
 class PlacementPlan:
     """Every service's placement and the free GPUs per node left after it.
 
-    `moves` are the GPU types the local search chose over the greedy pass's
-    (service, GPU type, TP); a later plan can start from them.
+    `type_choices` are the GPU types the local search chose over the greedy pass's
+    (service, GPU type, TP); a later plan can start from them. `moves` are the running
+    replicas the plan relocates to make room for a waiting one (planning.defrag).
     """
 
     services: tuple[ServicePlacement, ...]
     free: tuple[tuple[str, int], ...]
-    moves: tuple[tuple[str, str, int], ...] = ()
+    type_choices: tuple[tuple[str, str, int], ...] = ()
+    moves: tuple[Move, ...] = ()
 
     def service(self, name: str) -> ServicePlacement:
         for s in self.services:
@@ -218,7 +243,9 @@ def plan_placement(
     return PlacementPlan(
         services=tuple(sorted(results, key=lambda r: r.name)),
         free=tuple(sorted(best.pool.free_by_node().items())),
-        moves=tuple(sorted((n, o.gpu_type, o.tensor_parallel) for n, o in best.forced.items())),
+        type_choices=tuple(
+            sorted((n, o.gpu_type, o.tensor_parallel) for n, o in best.forced.items())
+        ),
     )
 
 
@@ -405,8 +432,15 @@ class _Pool:
         nodes = self.types.get(gpu_type)
         return nodes.largest() if nodes is not None else 0
 
-    def take(self, gpu_type: str, gpus: int, preferred: Mapping[str, int]) -> str | None:
-        """Reserve one replica's GPUs: a node the service runs on, else best fit."""
+    def take(
+        self,
+        gpu_type: str,
+        gpus: int,
+        preferred: Mapping[str, int],
+        claimed: Sequence[str] = (),
+    ) -> str | None:
+        """Reserve one replica's GPUs: a node the service runs on, else a node freed for
+        it, else best fit."""
         nodes = self.types.get(gpu_type)
         if nodes is None or nodes.total < gpus:
             return None
@@ -414,6 +448,8 @@ class _Pool:
             (n for n, left in preferred.items() if left > 0 and nodes.free.get(n, 0) >= gpus),
             default=None,
         )
+        if node is None:
+            node = min((n for n in claimed if nodes.free.get(n, 0) >= gpus), default=None)
         if node is None:
             node = nodes.best_fit(gpus)
         if node is not None:
@@ -446,6 +482,8 @@ class _State:
             ):
                 self.running = dict(running.nodes)
         self.running_left = dict(self.running)
+        #: nodes freed for this service: preferred after the nodes it runs on
+        self.claimed = demand.claimed
         #: running replicas no other service may take: non-preemptible, up to minReplicas
         self.protected = min(self.guaranteed, sum(self.running.values()))
 
@@ -473,7 +511,7 @@ class _State:
         """Add one replica: best fit on the current layout, else by repacking the GPU type."""
         assert self.option is not None
         gpu_type, gpus = self.option.gpu_type, self.option.gpus_per_replica
-        node = pool.take(gpu_type, gpus, self.running_left)
+        node = pool.take(gpu_type, gpus, self.running_left, self.claimed)
         if node is None:
             return _repack(pool, by_type.get(gpu_type, []), gpu_type, extra=self)
         self.nodes[node] = self.nodes.get(node, 0) + 1
@@ -495,8 +533,8 @@ def _repack(
 ) -> bool:
     """Lay out every replica on one GPU type afresh, best-fit decreasing; adopt it if all fit.
 
-    Replicas keep the nodes they run on; the rest go largest first, so TP8 replicas take
-    whole nodes before small ones fill the gaps. `extra` asks room for one more replica.
+    Replicas keep the nodes they run on (then nodes freed for them); the rest go largest
+    first, so TP8 replicas take whole nodes before small ones fill the gaps. `extra` asks room for one more replica.
     A repack is skipped when it cannot succeed: fewer free GPUs than the replica needs,
     or an earlier repack of this pass already failed for a replica as large.
     """
@@ -515,12 +553,14 @@ def _repack(
         assert st.option is not None
         gpus = st.option.gpus_per_replica
         count = st.placed + (1 if st is extra else 0)
-        for node, running in sorted(st.running.items()):
+        kept = [*sorted(st.running.items()), *((n, count) for n in st.claimed)]
+        for node, running in kept:
             keep = min(running, count, nodes.free.get(node, 0) // gpus)
             for _ in range(keep):
                 nodes.take(node, gpus)
             if keep > 0:
-                layout[st.demand.name][node] = keep
+                where = layout[st.demand.name]
+                where[node] = where.get(node, 0) + keep
                 count -= keep
         if count > 0:
             queue.append((st, count))

@@ -5,7 +5,8 @@ the running replicas change. Fit results (model memory per GPU type and TP) are 
 per service spec, so only changed services are re-fitted. When a few services changed,
 the greedy pass starts from the GPU types the previous plan's search settled on and the
 search tries moves of the changed services only; when nothing changed, the previous plan
-is returned as it is. A change of more than `full_replan_fraction` of the services, or
+is returned as it is. A plan that leaves a service waiting while repacking running
+replicas would fit it gets node moves (planning.defrag). A change of more than `full_replan_fraction` of the services, or
 of the nodes, re-plans from scratch, and so does every change on a pool of at most
 `incremental_above` services, where a full plan is as cheap as the incremental one
 (about 25 ms at 100 services) and its wider search can only do better.
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvpilot.planning.defrag import defragment, moves_allowed
 from kvpilot.planning.inventory import Inventory
 from kvpilot.planning.placement import (
     DEFAULT_SEARCH_WORK,
@@ -55,9 +57,13 @@ class PoolPlanner:
         services: Sequence[ServiceSpec],
         inventory: Inventory,
         running: Mapping[str, RunningReplicas] | None = None,
+        claims: Mapping[str, tuple[str, ...]] | None = None,
     ) -> PlacementPlan:
-        """The pool plan for these inputs; equal to `plan_services` when nothing is reused."""
-        demands = self.demands(services, inventory, running or {})
+        """The pool plan for these inputs; equal to `plan_services` when nothing is reused.
+
+        ``claims``: service -> nodes being freed for it by earlier moves (reservations).
+        """
+        demands = self.demands(services, inventory, running or {}, claims or {})
         last = self._last
         if last is not None and last.inventory == inventory and last.demands == demands:
             return last.plan
@@ -66,7 +72,7 @@ class PoolPlanner:
             plan = plan_placement(list(demands.values()), inventory, keep_running=self.keep_running)
         else:
             assert last is not None
-            start = {n: (t, tp) for n, t, tp in last.plan.moves if n not in changed}
+            start = {n: (t, tp) for n, t, tp in last.plan.type_choices if n not in changed}
             plan = plan_placement(
                 list(demands.values()),
                 inventory,
@@ -75,6 +81,8 @@ class PoolPlanner:
                 search_only=changed,
                 search_work=INCREMENTAL_SEARCH_WORK,
             )
+        if moves_allowed(list(demands.values())):
+            plan = defragment(plan, list(demands.values()), inventory)
         self._last = _Last(inventory, demands, plan)
         return plan
 
@@ -83,6 +91,7 @@ class PoolPlanner:
         services: Sequence[ServiceSpec],
         inventory: Inventory,
         running: Mapping[str, RunningReplicas],
+        claims: Mapping[str, tuple[str, ...]] | None = None,
     ) -> dict[str, ServiceDemand]:
         """Placement inputs per service, fitting only specs not seen before."""
         node_max = inventory.max_gpus_per_node()
@@ -105,6 +114,7 @@ class PoolPlanner:
                 desired_replicas=s.desired_replicas,
                 preemptible=s.preemptible,
                 running=running.get(s.name),
+                claimed=(claims or {}).get(s.name, ()),
             )
         if len(out) != len(services):
             raise ValueError("service names in one plan must be unique")

@@ -13,9 +13,10 @@ from typing import Any
 
 from kvpilot.api.parse import InferenceService, parse_spec
 from kvpilot.api.spec import InferenceServiceSpec
+from kvpilot.planning.defrag import plan_with_moves
 from kvpilot.planning.inventory import Inventory
 from kvpilot.planning.memory import ServingConfig
-from kvpilot.planning.placement import PlacementPlan, RunningReplicas, ServiceDemand, plan_placement
+from kvpilot.planning.placement import PlacementPlan, RunningReplicas, ServiceDemand
 from kvpilot.planning.tp import FitResult, fit_model
 
 DEFAULT_NAMESPACE = "default"
@@ -137,4 +138,4 @@ def plan_services(
         )
         for s in services
     ]
-    return plan_placement(demands, inventory, keep_running=keep_running)
+    return plan_with_moves(demands, inventory, keep_running=keep_running)

@@ -16,6 +16,13 @@ from kvpilot.planning.inventory import Inventory, build_inventory, is_kvpilot_po
 from kvpilot.planning.placement import PlacementPlan, ServicePlacement, running_replicas
 from kvpilot.planning.pool import PoolPlanner
 from kvpilot.planning.service import ServiceSpec, service_spec
+from kvpilot.reconcile.moves import (
+    Reservation,
+    claims,
+    find_reservations,
+    leaving,
+    with_why,
+)
 from kvpilot.reconcile.tenancy import TenantPolicy
 
 
@@ -31,6 +38,8 @@ class Pool:
     inventory: Inventory
     plan: PlacementPlan
     products: Mapping[str, str] = field(default_factory=dict)  # GPU type -> node product label
+    #: nodes being freed for a waiting service (reconcile.moves)
+    reservations: tuple[Reservation, ...] = ()
     #: service key -> the metadata.generation its slice was planned from
     generations: Mapping[str, int] = field(default_factory=dict)
 
@@ -75,6 +84,7 @@ def plan_pool(
     """
     tenants = tenants or TenantPolicy()
     planner = planner or PoolPlanner(costs=costs)
+    nodes = list(nodes)
     inventory = build_inventory(nodes, gpu_pods, exclude_pod=is_kvpilot_pod)
     products: dict[str, str] = {}
     for n in inventory.usable_nodes:
@@ -84,8 +94,14 @@ def plan_pool(
         service_key(s.namespace, s.name): _capped(service_spec(s), s.namespace, tenants)
         for s in services
     }
-    running = running_replicas([p for p in gpu_pods if is_kvpilot_pod(p)], inventory)
-    plan = planner.plan([specs[k] for k in sorted(specs)], inventory, running)
+    reservations = find_reservations(nodes, gpu_pods, specs)
+    reserved = {r.node: r.owner for r in reservations}
+    # Replicas on a node freed for another service are leaving: the plan places them anew.
+    running = running_replicas(
+        [p for p in gpu_pods if is_kvpilot_pod(p) and not leaving(p, reserved)], inventory
+    )
+    claimed = claims(reservations)
+    plan = planner.plan([specs[k] for k in sorted(specs)], inventory, running, claimed)
     for _ in range(3):
         cuts = _quota_cuts(plan, tenants)
         if not cuts:
@@ -98,11 +114,17 @@ def plan_pool(
                 min_replicas=min(spec.min_replicas, replicas),
                 desired_replicas=replicas,
             )
-        plan = planner.plan([specs[k] for k in sorted(specs)], inventory, running)
+        plan = planner.plan([specs[k] for k in sorted(specs)], inventory, running, claimed)
     generations = {
         service_key(s.namespace, s.name): s.generation for s in services if s.generation is not None
     }
-    return Pool(inventory=inventory, plan=plan, products=products, generations=generations)
+    return Pool(
+        inventory=inventory,
+        plan=plan,
+        products=products,
+        generations=generations,
+        reservations=with_why(reservations, plan),
+    )
 
 
 def _capped(spec: ServiceSpec, namespace: str, tenants: TenantPolicy) -> ServiceSpec:

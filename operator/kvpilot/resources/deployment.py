@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
+from kvpilot.api.names import RESERVED_TAINT, reservation_value
 from kvpilot.api.parse import InferenceService
 from kvpilot.api.spec import ModelSpec, RuntimeSpec, SecretKeyRef
 from kvpilot.resources.labels import (
@@ -290,7 +291,14 @@ def build_deployment(
                     "containers": [container],
                     "volumes": volumes,
                     "tolerations": [
-                        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+                        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+                        # A node kvpilot frees for this service (see docs/placement.md, moves).
+                        {
+                            "key": RESERVED_TAINT,
+                            "operator": "Equal",
+                            "value": reservation_value(isvc.namespace, isvc.name),
+                            "effect": "NoSchedule",
+                        },
                     ],
                     "affinity": {
                         "nodeAffinity": {
