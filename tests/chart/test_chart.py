@@ -271,9 +271,9 @@ def test_rbac_grants_only_what_the_operator_uses(values: Path | None) -> None:
         ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
         ("", "services"): {"get", "list", "watch", "create", "patch"},
         ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
-        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods"): {"get", "list", "watch", "patch"},
         ("", "events"): {"create", "patch"},
-        ("", "nodes"): {"get", "list", "watch"},
+        ("", "nodes"): {"get", "list", "watch", "patch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
         ("", "namespaces"): {"get", "list", "watch"},
         ("coordination.k8s.io", "leases"): {"create", "get", "update", "patch"},
@@ -293,7 +293,7 @@ def test_rbac_grants_only_what_the_operator_uses(values: Path | None) -> None:
 def test_cluster_mode_uses_one_cluster_role() -> None:
     docs = manifests()
     (cr,) = _operator_roles([d for d in docs if d["kind"] == "ClusterRole"])
-    assert ("", "nodes", frozenset({"get", "list", "watch"})) in _rules(cr)
+    assert ("", "nodes", frozenset({"get", "list", "watch", "patch"})) in _rules(cr)
     assert "namespaces" not in {r for _, r, _ in _rules(cr)}  # kopf lists them only per namespace
     assert ("apps", "deployments") in {(g, r) for g, r, _ in _rules(cr)}
     roles = by_kind(docs, "Role")
@@ -306,11 +306,12 @@ def test_namespaced_mode_grants_namespaced_resources_only_through_roles() -> Non
     assert roles == {
         ("team-a", "kvpilot"), ("team-b", "kvpilot"), ("kvpilot-system", "kvpilot-leader-election")
     }  # fmt: skip
-    # The only ClusterRole bound to the operator reads Nodes, CRDs and Namespaces.
+    # The only ClusterRole bound to the operator reads Nodes, CRDs and Namespaces, and
+    # patches Nodes (the reservation taint of moves).
     (cr,) = _operator_roles(by_kind(docs, "ClusterRole"))
     read = frozenset({"get", "list", "watch"})
     assert _rules(cr) == [
-        ("", "nodes", read),
+        ("", "nodes", read | {"patch"}),
         ("apiextensions.k8s.io", "customresourcedefinitions", read),
         ("", "namespaces", read),
     ]

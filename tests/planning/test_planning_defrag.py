@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import pytest
+from tests.planning.test_planning_placement import opt, svc
 
 from kvpilot.planning.defrag import defragment, plan_with_moves
 from kvpilot.planning.inventory import Inventory, NodeGPUs
@@ -15,7 +16,6 @@ from kvpilot.planning.placement import (
     moved_replicas,
     plan_placement,
 )
-from tests.planning.test_planning_placement import opt, svc
 
 
 def nodes(*spec: tuple[str, int], gpu: str = "A100-80GB") -> Inventory:
@@ -127,9 +127,7 @@ CASES = [
     Case(
         "other-gpu-types-are-not-used-as-destinations",
         (tp1("ns/small", 6, ("a-0", 3), ("a-1", 3)), tp8("ns/large")),
-        inventory=Inventory(
-            (*TWO.nodes, NodeGPUs("h-0", "H100-80GB", "", None, 8, 0))
-        ),
+        inventory=Inventory((*TWO.nodes, NodeGPUs("h-0", "H100-80GB", "", None, 8, 0))),
         moves=(("ns/small", "a-0", 3, (("a-1", 3),), "ns/large"),),
         placed={"ns/large": 1},
     ),

@@ -32,7 +32,6 @@ RESERVED_TAINT: Final = f"{GROUP}/reserved"
 POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
 
 
-
 def reservation_value(namespace: str, name: str) -> str:
     """The reservation taint's value for one service: `<namespace>.<name>`, or, beyond the
     63 characters a taint value may have, a prefix and a hash of it."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from urllib3.exceptions import HTTPError
 
-from kvpilot.api.names import API_VERSION, KIND
+from kvpilot.api.names import API_VERSION, KIND, POD_DELETION_COST
 from kvpilot.api.parse import InferenceService, InvalidObjectError, parse_inference_service
 from kvpilot.autoscaling.prometheus import PrometheusMetricsSource
 from kvpilot.controller.analysis import analysis_config, run_analysis
@@ -43,6 +43,13 @@ from kvpilot.reconcile import (
     ReconcilePlan,
     plan_pool,
     plan_reconcile,
+)
+from kvpilot.reconcile.moves import (
+    LEAVING_COST,
+    TaintWrite,
+    affected,
+    taint_writes,
+    with_reservation,
 )
 from kvpilot.reconcile.rollout import equivalent_ready, live_revisions
 from kvpilot.reconcile.status import changed_fields, now_iso
@@ -251,6 +258,10 @@ class Controller:
                     self._pool_dirty, self._dirty_since = True, self.clock()
                     continue
                 self._adopt(pool)
+                writes = taint_writes(pool.plan, pool.reservations)
+                if writes:
+                    for node in await loop.run_in_executor(executor, self.reserve, writes):
+                        self.upsert("Node", node)
             if self.pool is None or not self._queue:
                 continue
             # A chunk at a time, so the pool is re-planned between chunks when a burst of
@@ -308,10 +319,49 @@ class Controller:
         self.pool = pool
         self._queue.update(self._after_plan)
         self._after_plan.clear()
+        for key in affected(old.reservations if old else (), pool.reservations):
+            ns, _, name = key.partition("/")
+            self._queue.add((ns, name))
         for ns, name in self.view.keys("InferenceService"):
             before = old.slice(ns, name) if old is not None else None
             if old is None or before != pool.slice(ns, name):
                 self._queue.add((ns, name))
+
+    def reserve(self, writes: list[TaintWrite]) -> list[dict[str, Any]]:
+        """Set or remove reservation taints (read, then write with the read's resourceVersion,
+        so taints others write meanwhile are never lost); returns the nodes written."""
+        out = []
+        for w in writes:
+            for _ in range(3):
+                try:
+                    node = self.kube.get("v1", "Node", None, w.node)
+                    if node is None:
+                        break
+                    taints = (node.get("spec") or {}).get("taints") or []
+                    new = with_reservation(taints, w.value)
+                    if new == taints:
+                        out.append(node)
+                        break
+                    body = {
+                        "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
+                        "spec": {"taints": new},
+                    }
+                    out.append(self.kube.patch("v1", "Node", None, w.node, body))
+                    self.metrics.decisions.labels("reserve" if w.value else "release", "Node").inc()
+                    log.info(
+                        "%s node=%s value=%s why=%s",
+                        "Reserved" if w.value else "Released", w.node, w.value, w.message,
+                    )  # fmt: skip
+                    break
+                except ApiError as exc:
+                    if exc.status == 409:
+                        continue
+                    log.warning("Reservation write failed node=%s err=%s", w.node, exc)
+                    break
+                except (HTTPError, OSError) as exc:
+                    log.warning("Reservation write failed node=%s err=%s", w.node, exc)
+                    break
+        return out
 
     # ------------------------------------------------------------------ reconcile (worker thread)
 
@@ -428,6 +478,7 @@ class Controller:
             analysis_events=tuple(
                 Event(e.type, e.reason, e.message) for e in (analysis.events if analysis else ())
             ),
+            reservations=self.pool.reservations if self.pool is not None else (),
         )
 
     def _analyse(
@@ -574,6 +625,14 @@ class Controller:
             self.kube.delete("apps/v1", "Deployment", ns, dep_name)
             self.metrics.decisions.labels("delete", "Deployment").inc()
             log.info("Deleted Deployment/%s/%s (retired revision)", ns, dep_name)
+        for pod in plan.mark_leaving:
+            # The ReplicaSet removes the lowest-cost pods first: exactly these, on scale-down.
+            result = self.kube.patch(
+                "v1", "Pod", ns, pod,
+                {"metadata": {"annotations": {POD_DELETION_COST: LEAVING_COST}}},
+            )  # fmt: skip
+            self.view.note_written("Pod", result)
+            log.info("Marked pod=%s/%s leaving (moved replica)", ns, pod)
         if plan.status is not None:
             log.info(
                 "Patched status inferenceservice=%s/%s by=reconcile changed=%s",

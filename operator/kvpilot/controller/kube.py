@@ -254,6 +254,23 @@ class Kube:
         )
         return result
 
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        body: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """JSON merge patch of one object (with metadata.resourceVersion: optimistic)."""
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            path(api_version, kind, namespace, name),
+            body=dict(body),
+            content_type="application/merge-patch+json",
+        )
+        return result
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """DELETE (foreground-free: the garbage collector removes the dependents); a
         missing object is already gone."""

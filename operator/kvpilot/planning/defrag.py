@@ -117,9 +117,11 @@ class _Layout:
         self.running: dict[str, dict[str, int]] = {}
         for s in plan.services:
             run = demands[s.name].running
-            if run is not None and s.option is not None:
-                if (run.gpu_type, run.tensor_parallel) == (s.gpu_type, s.tensor_parallel):
-                    self.running[s.name] = dict(run.nodes)
+            if run is not None and (run.gpu_type, run.tensor_parallel) == (
+                s.gpu_type,
+                s.tensor_parallel,
+            ):
+                self.running[s.name] = dict(run.nodes)
         self.by_type: dict[str, list[str]] = {}
         for n in sorted(free):
             t = node_type[n]

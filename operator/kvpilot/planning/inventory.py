@@ -20,9 +20,8 @@ from typing import Any
 
 from kvpilot.api.names import GPU_MEMORY_LABEL as MEMORY_LABEL
 from kvpilot.api.names import GPU_PRODUCT_LABEL as PRODUCT_LABEL
-from kvpilot.api.names import GPU_RESOURCE
+from kvpilot.api.names import GPU_RESOURCE, RESERVED_TAINT
 from kvpilot.api.names import MANAGED_BY as MANAGED_BY_LABEL
-from kvpilot.api.names import RESERVED_TAINT
 from kvpilot.planning.gpus import GPU_TYPES, gpu_type, gpu_type_for_product
 
 # kvpilot's own reservation taint keeps other pods off a node being freed; the node stays

@@ -534,9 +534,10 @@ def _repack(
     """Lay out every replica on one GPU type afresh, best-fit decreasing; adopt it if all fit.
 
     Replicas keep the nodes they run on (then nodes freed for them); the rest go largest
-    first, so TP8 replicas take whole nodes before small ones fill the gaps. `extra` asks room for one more replica.
-    A repack is skipped when it cannot succeed: fewer free GPUs than the replica needs,
-    or an earlier repack of this pass already failed for a replica as large.
+    first, so TP8 replicas take whole nodes before small ones fill the gaps. `extra` asks
+    room for one more replica. A repack is skipped when it cannot succeed: fewer free GPUs
+    than the replica needs, or an earlier repack of this pass already failed for a replica
+    as large.
     """
     current = pool.types.get(gpu_type)
     if current is None:

@@ -5,11 +5,12 @@ the running replicas change. Fit results (model memory per GPU type and TP) are 
 per service spec, so only changed services are re-fitted. When a few services changed,
 the greedy pass starts from the GPU types the previous plan's search settled on and the
 search tries moves of the changed services only; when nothing changed, the previous plan
-is returned as it is. A plan that leaves a service waiting while repacking running
-replicas would fit it gets node moves (planning.defrag). A change of more than `full_replan_fraction` of the services, or
+is returned as it is. A change of more than `full_replan_fraction` of the services, or
 of the nodes, re-plans from scratch, and so does every change on a pool of at most
 `incremental_above` services, where a full plan is as cheap as the incremental one
-(about 25 ms at 100 services) and its wider search can only do better.
+(about 25 ms at 100 services) and its wider search can only do better. A plan that
+leaves a service waiting while repacking running replicas would fit it gets node moves
+(planning.defrag).
 """
 
 from __future__ import annotations

@@ -20,10 +20,15 @@ every step follows from the cluster, so an operator restart mid-move converges:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from kvpilot.api.names import INFERENCE_SERVICE, POD_DELETION_COST, RESERVED_TAINT, reservation_value
+from kvpilot.api.names import (
+    INFERENCE_SERVICE,
+    POD_DELETION_COST,
+    RESERVED_TAINT,
+    reservation_value,
+)
 from kvpilot.conditions import Condition, find
 from kvpilot.planning.placement import PlacementPlan, ServicePlacement
 
@@ -63,6 +68,28 @@ def reservation_of(node: Mapping[str, Any]) -> str | None:
         if taint.get("key") == RESERVED_TAINT:
             return str(taint.get("value") or "")
     return None
+
+
+def with_reservation(
+    taints: Sequence[Mapping[str, Any]], value: str | None
+) -> list[dict[str, Any]]:
+    """A node's taints with the reservation set to `value` (None: removed), others kept."""
+    out = [dict(t) for t in taints if t.get("key") != RESERVED_TAINT]
+    if value is not None:
+        out.append({"key": RESERVED_TAINT, "value": value, "effect": "NoSchedule"})
+    return out
+
+
+def affected(before: Sequence[Reservation], after: Sequence[Reservation]) -> set[str]:
+    """Services whose step in a move may differ between two sets of reservations."""
+    if tuple(before) == tuple(after):
+        return set()
+    out: set[str] = set()
+    for r in (*before, *after):
+        if r.owner:
+            out.add(r.owner)
+        out.update(s for s, _ in r.occupants)
+    return out
 
 
 def pod_service(pod: Mapping[str, Any]) -> str | None:
@@ -114,7 +141,7 @@ def find_reservations(
 
 def leaving(pod: Mapping[str, Any], reserved: Mapping[str, str | None]) -> bool:
     """A pod on a node reserved for another service: it goes once its replacement is Ready."""
-    node = (pod.get("spec") or {}).get("nodeName")
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
     return node in reserved and reserved[node] != pod_service(pod)
 
 
@@ -139,8 +166,9 @@ def with_why(reservations: Sequence[Reservation], plan: PlacementPlan) -> tuple[
                 f"{owner.name} needs {gpus} GPU{'s' if gpus != 1 else ''} on one node "
                 f"for a TP{owner.option.tensor_parallel} replica"
             )
-            r = Reservation(r.node, r.value, r.owner, r.occupants, r.owner_bound, why)
-        out.append(r)
+            out.append(replace(r, why=why))
+        else:
+            out.append(r)
     return tuple(out)
 
 

@@ -16,6 +16,7 @@ from kvpilot.api.parse import InferenceService
 from kvpilot.conditions import Condition, find
 from kvpilot.objects import contains, object_ref
 from kvpilot.planning.placement import ServicePlacement
+from kvpilot.reconcile.moves import MoveStep, Reservation, move_step
 from kvpilot.reconcile.rollout import (
     capacity_annotations,
     live_revisions,
@@ -88,6 +89,7 @@ class Observation:
     analysis_events: tuple[Event, ...] = ()
     quality: bool | None = None
     quality_message: str = ""
+    reservations: tuple[Reservation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,14 @@ class ReconcilePlan:
     #: Deployments of retired revisions, to delete
     delete: tuple[str, ...] = ()
     rollout: RolloutPlan | None = None
+    #: pods to annotate with the leaving pod-deletion-cost before a move scales down
+    mark_leaving: tuple[str, ...] = ()
 
     @property
     def writes(self) -> int:
         return (
             len(self.apply) + (self.status is not None) + len(self.events) + len(self.scale)
-            + len(self.delete)
+            + len(self.delete) + len(self.mark_leaving)
         )  # fmt: skip
 
 
@@ -136,6 +140,13 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
     scale: list[tuple[str, int]] = []
     delete: list[str] = []
     rollout: RolloutPlan | None = None
+    step = MoveStep()
+    # One move at a time per service, and none during a rollout (which replaces pods itself).
+    if placement is not None and placement.option is not None and len(obs.deployments) <= 1:
+        step = move_step(
+            f"{obs.namespace}/{obs.name}", placement, obs.pods, obs.reservations, obs.previous
+        )
+        events.extend(Event("Normal", reason, message) for reason, message in step.events)
     if placement is None or placement.option is None:
         # Nothing fits (or not planned yet): create nothing; what already serves keeps serving.
         target = int((live_dep or {}).get("spec", {}).get("replicas", 0) or 0)
@@ -146,7 +157,8 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         # Replicas on nodes under maintenance keep serving: the plan places replacements
         # elsewhere and they are added on top (make before break), never subtracted.
         draining = draining_replicas(obs)
-        target = placement.replicas_placed + draining
+        # Replicas leaving a node freed for another service likewise (reconcile.moves).
+        target = placement.replicas_placed + draining + step.extra
         if draining and _reason(obs.previous, "Progressing") != "NodeMaintenance":
             events.append(
                 Event(
@@ -261,6 +273,7 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         draining = draining_replicas(obs)
         if draining and placement.option is not None:
             conds = _maintenance(conds, placement, draining)
+        conds = step.conditions(conds)
         if rollout is not None and rollout.phase != "Stable":
             conds = [c for c in conds if c.type != "Progressing"]
             done = rollout.phase == "RolledBack"
@@ -294,6 +307,7 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         scale=tuple(scale),
         delete=tuple(delete),
         rollout=rollout,
+        mark_leaving=step.mark,
     )
 
 
