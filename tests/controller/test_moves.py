@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.planning.test_planning_placement import opt
 
+from kvpilot.api.names import INFERENCE_SERVICE as SERVICE
 from kvpilot.api.names import POD_DELETION_COST, RESERVED_TAINT, reservation_value
+from kvpilot.api.parse import parse_inference_service
 from kvpilot.planning.placement import Move, PlacementPlan, ServicePlacement
+from kvpilot.reconcile import plan_pool
 from kvpilot.reconcile.moves import (
     LEAVING_COST,
     Reservation,
@@ -17,7 +21,6 @@ from kvpilot.reconcile.moves import (
     taint_writes,
     with_reservation,
 )
-from tests.planning.test_planning_placement import opt
 
 GPU = "nvidia.com/gpu"
 
@@ -42,7 +45,7 @@ def pod(
     meta: dict[str, Any] = {
         "name": name,
         "namespace": ns,
-        "labels": {"kvpilot.io/inference-service": service},
+        "labels": {SERVICE: service},
     }
     if leaving:
         meta["annotations"] = {POD_DELETION_COST: LEAVING_COST}
@@ -214,3 +217,95 @@ def test_services_not_involved_have_no_step() -> None:
     assert move_step("ns/other", other, [pod("o", "other", "a-1")], (RESERVED,), {}) == (
         move_step("ns/other", other, [], (), {})
     )
+
+
+# ---------------------------------------------------------------- a whole move, step by step
+
+
+def a100(name: str, reserved: str | None = None) -> dict[str, Any]:
+    out = node(name, reserved)
+    out["metadata"]["labels"] = {
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+        "nvidia.com/gpu.memory": "81920",
+    }
+    out["status"] = {"allocatable": {GPU: "8"}}
+    return out
+
+
+def gpu_pod(name: str, service: str, node_name: str | None, gpus: int, **kw: Any) -> dict[str, Any]:
+    p = pod(name, service, node_name, **kw)
+    p["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "kvpilot"
+    p["spec"]["containers"] = [{"resources": {"requests": {GPU: str(gpus)}}}]
+    return p
+
+
+def service_obj(name: str, source: str, replicas: int, tensor: int, **model: Any) -> Any:
+    return parse_inference_service(
+        {
+            "apiVersion": "kvpilot.io/v1alpha1",
+            "kind": "InferenceService",
+            "metadata": {"name": name, "namespace": "ns", "uid": name},
+            "spec": {
+                "model": {"source": source, "maxModelLen": 8192, **model},
+                "parallelism": {"tensor": tensor},
+                "placement": {"gpuTypes": ["A100-80GB"], "priority": 100},
+                "scaling": {"minReplicas": replicas, "maxReplicas": replicas},
+            },
+        }
+    )
+
+
+SERVICES = [
+    service_obj("small", "hf://meta-llama/Llama-3.1-8B-Instruct", 6, 1),
+    service_obj("large", "hf://meta-llama/Llama-3.1-405B-Instruct-FP8", 1, 8, quantization="fp8"),
+]
+
+
+def test_every_stage_of_a_move_plans_the_same_end_and_converges() -> None:
+    """Each stage is what an operator (re)starting then observes: the decisions follow
+    from the taint and the pods alone, so a restart anywhere continues the move."""
+    old = [gpu_pod(f"old{i}", "small", "a-0", 1) for i in range(3)]
+    stay = [gpu_pod(f"s{i}", "small", "a-1", 1) for i in range(3)]
+    new = [gpu_pod(f"new{i}", "small", "a-1", 1) for i in range(3)]
+    waiting = [gpu_pod("l", "large", None, 8, ready=False)]
+    free, reserved = [a100("a-0"), a100("a-1")], [a100("a-0", "ns.large"), a100("a-1")]
+
+    # 1. Spread 3 + 3 and a TP8 waits: the plan moves the three on a-0 and reserves a-0.
+    pool = plan_pool(SERVICES, free, old + stay + waiting)
+    assert [(m.service, m.from_node, m.replicas) for m in pool.plan.moves] == [
+        ("ns/small", "a-0", 3)
+    ]
+    assert [(w.node, w.value) for w in taint_writes(pool.plan, pool.reservations)] == [
+        ("a-0", "ns.large")
+    ]
+    stages = [
+        (old + stay + waiting, 3, (), "Moving"),  # replacements start on top
+        (old + stay + new + waiting, 3, ("old0", "old1", "old2"), "RemovingMovedReplicas"),
+        (
+            [gpu_pod(f"old{i}", "small", "a-0", 1, leaving=True) for i in range(3)]
+            + stay + new + waiting,
+            0, (), "RemovingMovedReplicas",
+        ),  # every old pod marked: scale down
+        (stay + new + waiting, 0, (), None),  # the old pods are gone
+    ]  # fmt: skip
+    for pods, extra, mark, reason in stages:
+        pool = plan_pool(SERVICES, reserved, pods)
+        assert pool.plan.moves == ()
+        assert pool.slice("ns", "small").nodes == (("a-1", 6),)  # type: ignore[union-attr]
+        assert pool.slice("ns", "large").nodes == (("a-0", 1),)  # type: ignore[union-attr]
+        assert taint_writes(pool.plan, pool.reservations) == []  # the reservation stays
+        small = pool.slice("ns", "small")
+        assert small is not None
+        mine = [p for p in pods if p["metadata"]["labels"][SERVICE] == "small"]
+        step = move_step("ns/small", small, mine, pool.reservations, {})
+        assert (step.extra, step.mark) == (extra, mark)
+        assert (step.condition.reason if step.condition else None) == reason
+    # 2. The TP8 replica is bound on a-0: the reservation goes, nothing is left behind.
+    bound = [gpu_pod("l", "large", "a-0", 8)]
+    pool = plan_pool(SERVICES, reserved, stay + new + bound)
+    assert [(w.node, w.value) for w in taint_writes(pool.plan, pool.reservations)] == [
+        ("a-0", None)
+    ]
+    pool = plan_pool(SERVICES, free, stay + new + bound)
+    assert pool.plan.moves == () and pool.reservations == ()
+    assert pool.slice("ns", "large").replicas_placed == 1  # type: ignore[union-attr]
