@@ -76,3 +76,14 @@ def test_plan_example(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mo
     assert args[0] == "kvpilot"
     main(args[1:])
     assert capsys.readouterr().out == expected
+
+
+def test_moves_example() -> None:
+    from tests.controller.test_moves import SERVICES, a100, gpu_pod
+
+    from kvpilot.reconcile import plan_pool
+
+    pods = [gpu_pod(f"s{i}", "small", f"a100-{i % 2}", 1) for i in range(6)]
+    pool = plan_pool(SERVICES, [a100("a100-0"), a100("a100-1")], pods)
+    shown = section("moves-example").strip().removeprefix("```text").removesuffix("```")
+    assert [m.describe() for m in pool.plan.moves] == shown.strip().splitlines()
