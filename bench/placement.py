@@ -57,7 +57,12 @@ from kvpilot.planning import (
     plan_placement,
     plan_services,
 )
-from kvpilot.planning.placement import moved_replicas, running_from_plan
+from kvpilot.planning.defrag import plan_with_moves
+from kvpilot.planning.placement import (
+    RunningReplicas,
+    moved_replicas,
+    running_from_plan,
+)
 from kvpilot.planning.pool import PoolPlanner
 from kvpilot.planning.tp import FitOption
 
@@ -470,6 +475,72 @@ def run_scale(seed: int) -> dict[str, Any]:
     }
 
 
+DEFRAG_WAITING = 20
+
+
+def run_defrag(seed: int) -> dict[str, Any]:
+    """Moves on a fragmented pool: TP1 replicas on every A100 node, TP8 services waiting.
+
+    Each of the 70 A100 nodes runs 1-4 TP1 replicas (of services spread over two nodes),
+    so no node has 8 GPUs free while the type has hundreds; 20 TP8 services of a higher
+    priority arrive. The fewest replicas any plan can move is the sum of the 20 smallest
+    node occupancies; the planner's moves are compared with it.
+    """
+    rng = random.Random(seed)
+    inventory = scale_inventory()
+    nodes = [n.name for n in inventory.nodes if n.gpu_type == "A100-80GB"]
+    occupancy = {n: rng.randint(1, 4) for n in nodes}
+    slots = [n for n in nodes for _ in range(occupancy[n])]
+    rng.shuffle(slots)
+    a100 = ("A100-80GB",)
+    small = ServiceSpec(
+        "t/small", "hf://meta-llama/Llama-3.1-8B-Instruct", tensor=1, gpu_types=a100
+    )
+    large = ServiceSpec(
+        "t/large",
+        "hf://meta-llama/Llama-3.1-405B-Instruct-FP8",
+        serving=ServingConfig(quantization="fp8"),
+        tensor=8,
+        gpu_types=a100,
+    )
+    tp1, tp8 = fit_service(small, inventory), fit_service(large, inventory)
+    assert isinstance(tp1, ModelFits) and isinstance(tp8, ModelFits)
+
+    def demand(
+        name: str, fit: ModelFits, prio: int, n: int, run: RunningReplicas | None
+    ) -> ServiceDemand:
+        return ServiceDemand(name, fit, prio, n, n, n, running=run)
+
+    demands = []
+    for i in range(0, len(slots) - 1, 2):
+        where: dict[str, int] = {}
+        for n in slots[i : i + 2]:
+            where[n] = where.get(n, 0) + 1
+        running = RunningReplicas("A100-80GB", 1, tuple(sorted(where.items())))
+        demands.append(demand(f"t/tp1-{i:03d}", tp1, 0, 2, running))
+    demands += [demand(f"t/tp8-{j:02d}", tp8, 10, 1, None) for j in range(DEFRAG_WAITING)]
+    t0 = time.process_time()
+    plan = plan_with_moves(demands, inventory)
+    seconds = time.process_time() - t0
+    placed = sum(plan.service(f"t/tp8-{j:02d}").replicas_placed for j in range(DEFRAG_WAITING))
+    used = {n: 0 for n in nodes}
+    for d in demands:
+        if d.running is not None:
+            for n, c in d.running.nodes:
+                used[n] += c
+    minimum = sum(sorted(used.values())[:DEFRAG_WAITING])
+    moved = sum(m.replicas for m in plan.moves)
+    return {
+        "nodes": len(nodes),
+        "tp1_replicas": sum(used.values()),
+        "tp8_waiting": DEFRAG_WAITING,
+        "tp8_placed": placed,
+        "replicas_moved": moved,
+        "fewest_possible": minimum,
+        "seconds": seconds,
+    }
+
+
 def run(instances: int, seed: int, out: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -524,7 +595,9 @@ def run(instances: int, seed: int, out: Path) -> dict[str, Any]:
                 f"{time.monotonic() - started:.0f}s",
                 flush=True,
             )
-    result = summarize(rows, seed, plan_seconds, run_scale(seed))
+    scale = run_scale(seed)
+    scale["defrag"] = run_defrag(seed)
+    result = summarize(rows, seed, plan_seconds, scale)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -633,6 +706,20 @@ def summarize(
             "target": 0,
             "better": "lower",
             "unit": "replicas moved by a re-plan after a one-service change (worst)",
+        },
+        {
+            "name": "defrag_waiting_placed",
+            "value": scale["defrag"]["tp8_placed"] / scale["defrag"]["tp8_waiting"],
+            "target": 1.0,
+            "better": "higher",
+            "unit": "fraction of waiting TP8 replicas placed by moves on a fragmented pool",
+        },
+        {
+            "name": "defrag_moves_above_fewest",
+            "value": scale["defrag"]["replicas_moved"] - scale["defrag"]["fewest_possible"],
+            "target": 0,
+            "better": "lower",
+            "unit": "replicas moved beyond the fewest any plan could move",
         },
     ]
     return {
