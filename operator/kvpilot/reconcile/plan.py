@@ -141,10 +141,14 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
     delete: list[str] = []
     rollout: RolloutPlan | None = None
     step = MoveStep()
-    # One move at a time per service, and none during a rollout (which replaces pods itself).
+    # None during a rollout (which replaces pods itself).
     if placement is not None and placement.option is not None and len(obs.deployments) <= 1:
+        # Pods on draining nodes are counted once, as maintenance (below).
+        pods = [
+            p for p in obs.pods if (p.get("spec") or {}).get("nodeName") not in obs.draining_nodes
+        ]
         step = move_step(
-            f"{obs.namespace}/{obs.name}", placement, obs.pods, obs.reservations, obs.previous
+            f"{obs.namespace}/{obs.name}", placement, pods, obs.reservations, obs.previous
         )
         events.extend(Event("Normal", reason, message) for reason, message in step.events)
     if placement is None or placement.option is None:
