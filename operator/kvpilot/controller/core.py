@@ -194,12 +194,19 @@ class Controller:
     def _note(self, change: Any) -> None:
         if change.pool_changed:
             self._free = None
-            if not self._pool_dirty:
-                self._dirty_since = self.clock()
-            self._pool_dirty = True
+            self._note_pool_change()
         if change.owner is not None:
             self._queue.add(change.owner)
         self._poke()
+
+    def _replan_soon(self) -> None:
+        self._note_pool_change()
+        self._poke()
+
+    def _note_pool_change(self) -> None:
+        if not self._pool_dirty:
+            self._dirty_since = self.clock()
+        self._pool_dirty = True
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -260,8 +267,11 @@ class Controller:
                 self._adopt(pool)
                 writes = taint_writes(pool.plan, pool.reservations)
                 if writes:
-                    for node in await loop.run_in_executor(executor, self.reserve, writes):
+                    written = await loop.run_in_executor(executor, self.reserve, writes)
+                    for node in written:
                         self.upsert("Node", node)
+                    if len(written) < len(writes):  # plan again later: the writes follow
+                        loop.call_later(10.0, self._replan_soon)
             if self.pool is None or not self._queue:
                 continue
             # A chunk at a time, so the pool is re-planned between chunks when a burst of
