@@ -141,7 +141,9 @@ def test_tp1_replicas_move_to_free_a_node_for_tp8(
         assert f"{freed} is freed for {ns}/large" in message
         waiting = condition(isvc(kube, ns, "large"), "Progressing") or {}
         if restart:
-            operator.restart()
+            operator.stop()
+            offset = len(operator.log())
+            operator.start()
         wait_for(
             lambda: all_placed_and_ready(kube, ns, ["small", "large"]),
             lambda ok: ok,
@@ -170,6 +172,8 @@ def test_tp1_replicas_move_to_free_a_node_for_tp8(
         if e["involvedObject"]["name"] in ("small", "large")
     }
     assert {"Moving", "RemovingMovedReplicas"} <= reasons, reasons
+    if restart:  # the restarted operator finished the move it found half done
+        assert f"Released node={freed}" in operator.log()[offset:]
     print(
         f"move figures: restart={restart} seconds={took:.1f} lowest_ready={lowest[0]} "
         f"requests_ok={summary.ok} waiting={waiting.get('reason')}"
