@@ -186,3 +186,24 @@ def test_the_move_in_progress_converges_to_the_same_plan() -> None:
         plan = plan_with_moves(demands, TWO)
         assert plan.moves == ()
         assert {s.name: s.nodes for s in plan.services} == end
+
+
+def test_kvpilot_plan_shows_the_moves() -> None:
+    from kvpilot.planning.report import plan_dict, plan_table
+
+    plan = plan_with_moves((tp1("ns/small", 6, ("a-0", 3), ("a-1", 3)), tp8("ns/large")), TWO)
+    table = plan_table(plan, TWO)
+    assert table.split("Moves (make before break):\n", 1)[1].splitlines()[0] == (
+        "  ns/small: 3 replica(s) a-0 -> a-1 x3 (ns/large (priority 100) needs 8 GPUs on one "
+        "node for a TP8 replica; a-0 is the cheapest node to free)"
+    )
+    assert plan_dict(plan, TWO)["moves"] == [
+        {
+            "service": "ns/small",
+            "fromNode": "a-0",
+            "replicas": 3,
+            "toNodes": [{"name": "a-1", "replicas": 3}],
+            "forService": "ns/large",
+            "why": plan.moves[0].why,
+        }
+    ]

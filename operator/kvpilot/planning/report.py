@@ -95,6 +95,17 @@ def plan_dict(plan: PlacementPlan, inventory: Inventory) -> dict[str, Any]:
             if not n.usable
         ],
         "gpusPlanned": plan.gpus_used,
+        "moves": [
+            {
+                "service": m.service,
+                "fromNode": m.from_node,
+                "replicas": m.replicas,
+                "toNodes": [{"name": n, "replicas": c} for n, c in m.to_nodes],
+                "forService": m.for_service,
+                "why": m.why,
+            }
+            for m in plan.moves
+        ],
     }
 
 
@@ -163,6 +174,8 @@ def plan_table(plan: PlacementPlan, inventory: Inventory) -> str:
     ]
     if placed:
         lines += ["", "Nodes (replicas per node):", *placed]
+    if plan.moves:
+        lines += ["", "Moves (make before break):", *(f"  {m.describe()}" for m in plan.moves)]
     if notes:
         lines += ["", "Why:", *notes]
     if excluded:
