@@ -245,7 +245,6 @@ def test_two_replicas_share_one_lease_under_the_chart_identity(
         (["delete", "inferenceservice", "anything", "-n", "default"], "delete inferenceservices"),
         (["create", "clusterrolebinding", "x", "--clusterrole=cluster-admin",
           "--serviceaccount=kvpilot-system:kvpilot"], "grant itself more"),
-        (["label", "node", "h100-0", "kvpilot.io/test=x"], "patch nodes"),
         (["create", "namespace", "kvpilot-escape"], "create namespaces"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -259,9 +258,34 @@ def test_actions_outside_the_granted_rbac_are_refused(
     assert 'User "system:serviceaccount:kvpilot-system:kvpilot"' in proc.stderr
 
 
+def test_node_patches_are_limited_to_the_reservation_taint(
+    cluster: Cluster, sa_kubeconfig: Path
+) -> None:
+    """RBAC grants `patch nodes` for moves; the chart's admission policy narrows it to the
+    kvpilot.io/reserved taint: labels and cordons are refused, the reservation is not."""
+    try:
+        refused = wait_for(
+            lambda: as_sa(cluster, sa_kubeconfig, "label", "node", "h100-0",
+                          f"kvpilot.io/test={uuid.uuid4().hex[:8]}", "--overwrite"),
+            lambda p: p.returncode != 0,
+            timeout=30,
+            what="the admission policy in force",
+        )  # fmt: skip
+        assert "denied request" in refused.stderr and "kvpilot.io/reserved" in refused.stderr
+        assert "denied request" in as_sa(cluster, sa_kubeconfig, "cordon", "h100-0").stderr
+        taint = as_sa(cluster, sa_kubeconfig, "taint", "node", "h100-0",
+                      "kvpilot.io/reserved=chart-test.none:NoSchedule")  # fmt: skip
+        assert taint.returncode == 0, taint.stderr
+    finally:
+        cluster.kube.run("taint", "node", "h100-0", "kvpilot.io/reserved-", check=False)
+        cluster.kube.run("label", "node", "h100-0", "kvpilot.io/test-", check=False)
+        cluster.kube.run("uncordon", "h100-0", check=False)
+
+
 def test_namespaced_mode_works_with_only_a_role(cluster: Cluster, release: str) -> None:
     """A second release serves one namespace: the Role there grants everything namespaced;
-    the only cluster-wide grant is reading Nodes (the GPU inventory)."""
+    the only cluster-wide grant is reading Nodes (the GPU inventory) and patching them
+    (the reservation taint of moves, narrowed by the admission policy)."""
     kube = cluster.kube
     served = new_namespace(kube, "chart-served")
     other = new_namespace(kube, "chart-other")
@@ -278,7 +302,7 @@ def test_namespaced_mode_works_with_only_a_role(cluster: Cluster, release: str) 
         assert names == {f"{rel}-cluster-read"}
         read = ["get", "list", "watch"]
         assert kube.get("clusterrole", f"{rel}-cluster-read")["rules"] == [  # type: ignore[index]
-            {"apiGroups": [""], "resources": ["nodes"], "verbs": read},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": [*read, "patch"]},
             {
                 "apiGroups": ["apiextensions.k8s.io"],
                 "resources": ["customresourcedefinitions"],

@@ -183,6 +183,7 @@ def schema() -> dict[str, Any]:
                     {
                         "create": {"type": "boolean"},
                         "clusterRead": {"type": "boolean"},
+                        "admissionPolicy": {"type": "boolean"},
                         "aggregateToDefaultRoles": {"type": "boolean"},
                     }
                 ),

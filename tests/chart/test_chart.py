@@ -317,11 +317,33 @@ def test_namespaced_mode_grants_namespaced_resources_only_through_roles() -> Non
     ]
 
 
+def test_admission_policies_narrow_node_and_pod_patches() -> None:
+    docs = manifests()
+    policies = by_kind(docs, "ValidatingAdmissionPolicy")
+    assert [p["metadata"]["name"] for p in policies] == [
+        "kvpilot-kvpilot-system-nodes",
+        "kvpilot-kvpilot-system-pods",
+    ]
+    for policy, kind in zip(policies, ("nodes", "pods"), strict=True):
+        (cond,) = policy["spec"]["matchConditions"]
+        assert cond["expression"] == (
+            "request.userInfo.username == 'system:serviceaccount:kvpilot-system:kvpilot'"
+        )
+        (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+        assert (rule["resources"], rule["operations"]) == ([kind], ["UPDATE"])
+        binding = one(docs, "ValidatingAdmissionPolicyBinding", policy["metadata"]["name"])
+        assert binding["spec"]["validationActions"] == ["Deny"]
+    assert (
+        by_kind(manifests({"rbac": {"admissionPolicy": False}}), "ValidatingAdmissionPolicy") == []
+    )
+
+
 def test_roles_only_mode_creates_no_cluster_scoped_object() -> None:
     docs = manifests(files=[ROLES_ONLY])
     cluster_scoped = [
         d["kind"] for d in docs
-        if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
     ]  # fmt: skip
     assert cluster_scoped == []
     assert {r["metadata"]["namespace"] for r in by_kind(docs, "Role")} == {
