@@ -162,7 +162,8 @@ def test_operator_as_the_chart_identity_creates_scales_rolls_and_deletes(
             obj = service("llama")
             apply(kube, ns, obj)
             ready = wait_ready(kube, ns, "llama", 1)
-            for kind in ("deployment", "service", "poddisruptionbudget"):
+            assert service_deployment(kube, ns, "llama") is not None  # llama-<revision>
+            for kind in ("service", "poddisruptionbudget"):
                 assert kube.get(kind, "llama", ns) is not None, kind
             kube("scale", "-n", ns, "inferenceservice/llama", "--replicas=2")
             wait_ready(kube, ns, "llama", 2)
