@@ -52,6 +52,13 @@ PORTS = {
         "prometheus": 19090,
     }.items()
 }
+#: Pod IPs that kwok hands out: a /16 inside 127.0.0.0/8, one per port offset
+#: (distinct for offsets below 254 and for multiples of 100 up to 12,700), so
+#: the pod runner can bind each replica to its pod's IP and container port and
+#: the operator reaches pods at ``status.podIP`` as on a real cluster. The API
+#: server refuses loopback addresses in Endpoints and EndpointSlices, so the
+#: dev cluster's Services have no endpoints; nothing here routes through them.
+POD_CIDR = f"127.{1 + PORT_OFFSET % 254}.0.0/16"
 #: The bin-packing kube-scheduler profile the dev cluster runs (deploy/scheduler/).
 BINPACK_SCHEDULER = "kvpilot-binpack"
 COMPONENTS = (
@@ -593,7 +600,7 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-lease-duration-seconds=40",
-                "--cidr=10.244.0.0/16",
+                f"--cidr={POD_CIDR}",
                 "--node-ip=10.240.0.1",
                 f"--server-address=127.0.0.1:{PORTS['kwok']}",
             ],

@@ -14,6 +14,8 @@ from kvpilot.rollout.quality import (
     compare,
 )
 
+DEFAULT = QualityGateConfig()
+
 
 def c(text: str, logprobs: tuple[float, ...] | None = None) -> Completion:
     """A completion whose tokens are the characters of ``text``."""
@@ -28,7 +30,7 @@ class Case:
     agreement: float
     divergence: float | None
     reason: str
-    cfg: QualityGateConfig = QualityGateConfig()
+    cfg: QualityGateConfig = DEFAULT
 
 
 CASES = [
@@ -138,7 +140,9 @@ def test_message_states_the_figures_and_the_threshold() -> None:
 
 
 def test_common_prefix() -> None:
-    assert [common_prefix(a, b) for a, b in [("", ""), ("ab", "ab"), ("ab", "abc"), ("ab", "b")]] == [
+    assert [
+        common_prefix(a, b) for a, b in [("", ""), ("ab", "ab"), ("ab", "abc"), ("ab", "b")]
+    ] == [
         0,
         2,
         2,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvpilot.resources.deployment import CONTAINER_NAME, PORT_NAME
-from kvpilot.rollout.quality import Completion, QualityGateConfig
+from kvpilot.rollout.quality import Completion, QualityGateConfig, QualityResult, compare
 
 
 class ProbeError(RuntimeError):
@@ -109,3 +109,16 @@ def probe(
         except (TypeError, ValueError, KeyError) as exc:
             raise ProbeError(f"{base_url}: malformed answer: {exc}") from exc
     return out
+
+
+def run_gate(
+    stable_url: str,
+    canary_url: str,
+    served_model_name: str,
+    cfg: QualityGateConfig,
+    timeout_s: float,
+) -> QualityResult:
+    """Probes a stable and a canary replica with the same prompts and compares the answers."""
+    stable = probe(stable_url, served_model_name, cfg, timeout_s)
+    canary = probe(canary_url, served_model_name, cfg, timeout_s)
+    return compare(stable, canary, cfg)

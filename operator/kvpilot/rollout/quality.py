@@ -62,7 +62,7 @@ class QualityGateConfig:
 
 @dataclass(frozen=True)
 class Completion:
-    """One greedy answer: its tokens and, where the engine returned them, their log-probabilities."""
+    """One greedy answer: its tokens and, where the engine returned them, their log-probs."""
 
     tokens: tuple[str, ...]
     logprobs: tuple[float, ...] | None = None
@@ -110,7 +110,8 @@ def compare(
         matched += prefix
         positions += max(len(s.tokens), len(c.tokens))
         if s.logprobs is not None and c.logprobs is not None:
-            diffs.extend(abs(x - y) for x, y in zip(s.logprobs[:prefix], c.logprobs[:prefix]))
+            pairs = zip(s.logprobs[:prefix], c.logprobs[:prefix], strict=True)
+            diffs.extend(abs(x - y) for x, y in pairs)
     # Two engines that both answered nothing at all agree.
     agreement = matched / positions if positions else 1.0
     divergence = sum(diffs) / len(diffs) if diffs else None
