@@ -28,7 +28,9 @@ and, for each one that is Running on a node:
   leaves the served namespaces, and restarts it (with back-off) when it exits.
 
 Simulator knobs come from the container's env (``KVPILOT_SIM_*``, set through
-the InferenceService's ``spec.runtime.env``). Replica output goes to
+the InferenceService's ``spec.runtime.env``); ``KVPILOT_VLLM_PERTURB=<scale>``
+makes real vLLM serve a copy of the tiny model with seeded weight noise of that
+scale (a damaged variant for the quality gate). Replica output goes to
 ``.dev-cluster/logs/replicas/<namespace>_<pod>.log``; what each live replica is
 (pid, host, port, profile, start time) is written to
 ``.dev-cluster/pod-runner/<namespace>_<pod>.json`` for tests and tools.
@@ -80,6 +82,8 @@ READINESS_ANNOTATION = "kvpilot.io/readiness"
 RUNNER_ANNOTATION = "kvpilot.io/pod-runner"
 ENGINE_ANNOTATION = "kvpilot.io/engine"
 ENGINE_ENV = "KVPILOT_ENGINE"
+PERTURB_ENV = "KVPILOT_VLLM_PERTURB"
+PERTURB_SEED = 1
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CONTAINER = "vllm"
 ENGINES = ("sim", "vllm")
@@ -837,6 +841,11 @@ class PodRunner:
                 )
         else:
             python, model_dir = self._vllm_setup()
+            if container.env.get(PERTURB_ENV):
+                from kvpilot_runtime import vllm_cpu
+
+                scale = float(container.env[PERTURB_ENV])
+                model_dir = vllm_cpu.perturbed_model_dir(python, model_dir, scale, PERTURB_SEED)
             profile = "vllm-cpu"
             argv += ["--python", str(python), "--", *vllm_cpu_command(container.command, model_dir)]
             _set_container_env(effective, VLLM_CPU_ENV, drop=("HF_HOME", "HF_TOKEN"))

