@@ -4,7 +4,7 @@ The stable replica serves the tiny test model; the canary serves either the
 same weights (the gate must pass) or a copy with seeded noise of 0.2 times
 each weight matrix's standard deviation (the gate must fail). At most two
 servers run at once. The figures go to the test's output (``-s``) and to
-``docs/rollouts.md``.
+``docs/quality-gate.md``.
 """
 
 from __future__ import annotations
