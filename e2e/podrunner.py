@@ -181,6 +181,17 @@ def listen_address(pod: Mapping[str, Any], container: str) -> tuple[str, int] | 
     return None
 
 
+def address_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (with SO_REUSEADDR, as servers do)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def drop_value_options(args: Sequence[str], options: Iterable[str]) -> list[str]:
     """``args`` without the given options and their values (``--opt v`` or ``--opt=v``)."""
     names = set(options)
@@ -820,6 +831,11 @@ class PodRunner:
             return
         engine = self._engine_for(pod, container.env)
         host, port = listen_address(pod, CONTAINER) or (LOOPBACK, free_port())
+        if not address_free(host, port):
+            # kwok hands a deleted pod's IP to the next pod at once, while the old
+            # replica may still be stopping (preStop sleep, SIGTERM grace): wait for it.
+            log.info("Waiting for %s:%d to be free for pod %s/%s", host, port, *key)
+            return
         log_path = self.paths.logs / f"{stem}.log"
         spec_path = self.paths.state / f"{stem}.pod.json"
         effective = copy.deepcopy(pod)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +25,7 @@ from e2e.helpers import GC_TIMEOUT, Kube, condition, condition_true, wait_for
 from e2e.podrunner import (
     PodRunner,
     ReplicaInfo,
+    address_free,
     drop_value_options,
     group_alive,
     listen_address,
@@ -172,6 +174,16 @@ def _addressed(ip: str | None, ports: list[dict[str, Any]]) -> dict[str, Any]:
         "spec": {"containers": [{"name": "sidecar"}, {"name": "vllm", "ports": ports}]},
         "status": {"podIP": ip} if ip else {},
     }
+
+
+def test_address_free() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.4.0.9", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert not address_free("127.4.0.9", port)
+        assert address_free("127.4.0.10", port)
+    assert address_free("127.4.0.9", port)
 
 
 HTTP = [{"name": "metrics", "containerPort": 9090}, {"name": "http", "containerPort": 8000}]
