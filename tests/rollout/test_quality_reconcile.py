@@ -114,10 +114,12 @@ def test_quality_config_from_spec() -> None:
     assert quality_config(spec) == QualityGateConfig(("hi",), 4, 0.5, None)
 
 
-def plan(canary: str | None, failed: tuple[str, str, str] | None = None) -> RolloutPlan:
+def plan(
+    canary: str | None, failed: tuple[str, str, str] | None = None, stable: str = "s1"
+) -> RolloutPlan:
     return RolloutPlan(
         replicas={}, canary=canary, phase="Waiting" if canary else "RollingBack",
-        reason="r", message="m", stable="s1", failed=failed,
+        reason="r", message="m", stable=stable, failed=failed,
     )  # fmt: skip
 
 
@@ -143,6 +145,8 @@ FAILED = {**PASSED, "passed": False}
             FAILED,
             FAILED,
         ),
+        # Promoted in the same reconcile that ran the gate: the record stays with it.
+        ("kept for the promoted revision", ROLLING, plan(None, stable="c1"), PASSED, PASSED),
         (
             "dropped for a new canary",
             {"revisions": {**ROLLING["revisions"], "quality": PASSED}},

@@ -338,7 +338,8 @@ def revisions_status(
 ) -> dict[str, Any]:
     """status.revisions: stable, canary and progress; the gates' state carried over while
     the same canary rolls out. The quality gate's record (``quality``: this reconcile's
-    run) stays while its revision is the canary or the revision it rolled back."""
+    run) stays while its revision is the canary, the stable revision it was promoted to,
+    or the revision it rolled back."""
     prev: Mapping[str, Any] = previous.get("revisions") or {}
     out: dict[str, Any] = {"stable": rollout.stable, "phase": rollout.phase}
     if rollout.canary is not None:
@@ -366,6 +367,7 @@ def revisions_status(
     record = quality or prev.get("quality") or {}
     if record and record.get("revision") in (
         rollout.canary,
+        rollout.stable,
         (out.get("failed") or {}).get("revision"),
     ):
         out["quality"] = dict(record)
