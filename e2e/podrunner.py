@@ -455,6 +455,7 @@ class PodRunner:
     _terminating: list[_Terminating] = field(init=False, default_factory=list)
     _nodes: dict[str, dict[str, str]] = field(init=False, default_factory=dict)
     _skipped: set[tuple[str, str]] = field(init=False, default_factory=set)
+    _waiting: set[tuple[str, str]] = field(init=False, default_factory=set)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _wake: threading.Event = field(init=False, default_factory=threading.Event)
     _stopping: threading.Event = field(init=False, default_factory=threading.Event)
@@ -834,8 +835,11 @@ class PodRunner:
         if not address_free(host, port):
             # kwok hands a deleted pod's IP to the next pod at once, while the old
             # replica may still be stopping (preStop sleep, SIGTERM grace): wait for it.
-            log.info("Waiting for %s:%d to be free for pod %s/%s", host, port, *key)
+            if key not in self._waiting:
+                log.info("Waiting for %s:%d to be free for pod %s/%s", host, port, *key)
+                self._waiting.add(key)
             return
+        self._waiting.discard(key)
         log_path = self.paths.logs / f"{stem}.log"
         spec_path = self.paths.state / f"{stem}.pod.json"
         effective = copy.deepcopy(pod)

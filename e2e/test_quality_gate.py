@@ -135,8 +135,7 @@ def test_quality_gate_promotes_same_weights_and_rolls_back_perturbed(
     warned = events(kube, ns, name)
     assert any(e["reason"] == "QualityGateFailed" for e in warned), warned
 
-    # The canary is scaled to nothing (its Deployment stays, at zero, while the spec names
-    # it); the stable revision alone serves again.
+    # The canary's replicas go (and its Deployment); the stable revision alone serves again.
     def replicas() -> dict[str, int]:
         items = kube.json(
             "get", "deployments", "-n", ns, "-l", f"kvpilot.io/inference-service={name}"
