@@ -8,8 +8,13 @@ and, for each one that is Running on a node:
   ``pod-ready`` stage then leaves the Ready condition to us) and
   ``kvpilot.io/pod-runner: <runner id>`` (so two runners on one cluster never
   serve the same pod; a dead runner's claims are taken over);
-* starts one replica through the launcher (``kvpilot-launch``) on a free
-  loopback port: the simulator by default, with the latency profile of the
+* starts one replica through the launcher (``kvpilot-launch``) where a
+  kubelet's container would listen: the pod's IP (the dev cluster gives pods
+  loopback addresses, see ``devcluster.POD_CIDR``) and its container port
+  named ``http``, so the operator and Prometheus reach it as they would reach
+  a real pod; a pod whose IP is not a loopback address (a cluster started
+  with another pod CIDR) gets ``127.0.0.1`` and a free port instead. It runs
+  the simulator by default, with the latency profile of the
   node's GPU (``nvidia.com/gpu.product``), or real vLLM-CPU serving the tiny
   test model when the pod asks for it (annotation ``kvpilot.io/engine: vllm`` or
   container env ``KVPILOT_ENGINE=vllm``) or the runner is told to;
@@ -23,9 +28,11 @@ and, for each one that is Running on a node:
   leaves the served namespaces, and restarts it (with back-off) when it exits.
 
 Simulator knobs come from the container's env (``KVPILOT_SIM_*``, set through
-the InferenceService's ``spec.runtime.env``). Replica output goes to
+the InferenceService's ``spec.runtime.env``); ``KVPILOT_VLLM_PERTURB=<scale>``
+makes real vLLM serve a copy of the tiny model with seeded weight noise of that
+scale (a damaged variant for the quality gate). Replica output goes to
 ``.dev-cluster/logs/replicas/<namespace>_<pod>.log``; what each live replica is
-(pid, port, profile, start time) is written to
+(pid, host, port, profile, start time) is written to
 ``.dev-cluster/pod-runner/<namespace>_<pod>.json`` for tests and tools.
 
 Use it as a context manager (the ``pod_runner`` test fixture) or standalone::
@@ -39,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ipaddress
 import json
 import logging
 import os
@@ -74,6 +82,8 @@ READINESS_ANNOTATION = "kvpilot.io/readiness"
 RUNNER_ANNOTATION = "kvpilot.io/pod-runner"
 ENGINE_ANNOTATION = "kvpilot.io/engine"
 ENGINE_ENV = "KVPILOT_ENGINE"
+PERTURB_ENV = "KVPILOT_VLLM_PERTURB"
+PERTURB_SEED = 1
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CONTAINER = "vllm"
 ENGINES = ("sim", "vllm")
@@ -133,13 +143,13 @@ def file_stem(key: tuple[str, str]) -> str:
     return f"{key[0]}_{key[1]}"
 
 
-def target_group(pod: Mapping[str, Any], port: int) -> list[dict[str, Any]]:
+def target_group(pod: Mapping[str, Any], host: str, port: int) -> list[dict[str, Any]]:
     """The file-SD document for one replica."""
     meta = pod["metadata"]
     labels = meta.get("labels") or {}
     return [
         {
-            "targets": [f"{LOOPBACK}:{port}"],
+            "targets": [f"{host}:{port}"],
             "labels": {
                 "namespace": str(meta["namespace"]),
                 "pod": str(meta["name"]),
@@ -148,6 +158,38 @@ def target_group(pod: Mapping[str, Any], port: int) -> list[dict[str, Any]]:
             },
         }
     ]
+
+
+def listen_address(pod: Mapping[str, Any], container: str) -> tuple[str, int] | None:
+    """Where a replica of ``pod`` listens: its pod IP and container port named ``http``.
+
+    None when the pod IP is not a loopback address (only those can be bound
+    here) or the container declares no such port.
+    """
+    ip = (pod.get("status") or {}).get("podIP")
+    try:
+        if not ip or not ipaddress.ip_address(ip).is_loopback:
+            return None
+    except ValueError:
+        return None
+    for c in pod["spec"].get("containers") or []:
+        if c.get("name") != container:
+            continue
+        for port in c.get("ports") or []:
+            if port.get("name") == "http" and port.get("containerPort"):
+                return str(ip), int(port["containerPort"])
+    return None
+
+
+def address_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (with SO_REUSEADDR, as servers do)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def drop_value_options(args: Sequence[str], options: Iterable[str]) -> list[str]:
@@ -321,10 +363,11 @@ class ReplicaInfo:
     started: float
     runner: str
     log: str
+    host: str = LOOPBACK
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "url": self.url}
@@ -412,6 +455,7 @@ class PodRunner:
     _terminating: list[_Terminating] = field(init=False, default_factory=list)
     _nodes: dict[str, dict[str, str]] = field(init=False, default_factory=dict)
     _skipped: set[tuple[str, str]] = field(init=False, default_factory=set)
+    _waiting: set[tuple[str, str]] = field(init=False, default_factory=set)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _wake: threading.Event = field(init=False, default_factory=threading.Event)
     _stopping: threading.Event = field(init=False, default_factory=threading.Event)
@@ -787,13 +831,21 @@ class PodRunner:
             self._backoff[key] = _Backoff(99, time.monotonic() + 3600)
             return
         engine = self._engine_for(pod, container.env)
-        port = free_port()
+        host, port = listen_address(pod, CONTAINER) or (LOOPBACK, free_port())
+        if not address_free(host, port):
+            # kwok hands a deleted pod's IP to the next pod at once, while the old
+            # replica may still be stopping (preStop sleep, SIGTERM grace): wait for it.
+            if key not in self._waiting:
+                log.info("Waiting for %s:%d to be free for pod %s/%s", host, port, *key)
+                self._waiting.add(key)
+            return
+        self._waiting.discard(key)
         log_path = self.paths.logs / f"{stem}.log"
         spec_path = self.paths.state / f"{stem}.pod.json"
         effective = copy.deepcopy(pod)
         argv = [
             sys.executable, "-m", "kvpilot_runtime.launcher",
-            "--mode", engine, "--host", LOOPBACK, "--port", str(port),
+            "--mode", engine, "--host", host, "--port", str(port),
             "--container", CONTAINER, "--pod-spec", str(spec_path),
         ]  # fmt: skip
         profile = ""
@@ -809,12 +861,17 @@ class PodRunner:
                 )
         else:
             python, model_dir = self._vllm_setup()
+            if container.env.get(PERTURB_ENV):
+                from kvpilot_runtime import vllm_cpu
+
+                scale = float(container.env[PERTURB_ENV])
+                model_dir = vllm_cpu.perturbed_model_dir(python, model_dir, scale, PERTURB_SEED)
             profile = "vllm-cpu"
             argv += ["--python", str(python), "--", *vllm_cpu_command(container.command, model_dir)]
             _set_container_env(effective, VLLM_CPU_ENV, drop=("HF_HOME", "HF_TOKEN"))
         write_json_atomic(spec_path, effective)
         with log_path.open("ab") as fh:
-            fh.write(f"--- {_now_rfc3339()} starting {engine} replica on port {port}\n".encode())
+            fh.write(f"--- {_now_rfc3339()} starting {engine} replica on {host}:{port}\n".encode())
             fh.flush()
             process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
@@ -827,17 +884,19 @@ class PodRunner:
             revision=str(labels.get(REVISION_LABEL, "")),
             node=node, gpu_product=product, engine=engine, profile=profile,
             pid=process.pid, port=port, started=time.time(), runner=self.id, log=str(log_path),
+            host=host,
         )  # fmt: skip
         with self._lock:
             self._replicas[key] = _Replica(info, process)
         write_json_atomic(self.paths.state / f"{stem}.json", info.to_json())
-        write_json_atomic(self.paths.targets / f"{stem}.json", target_group(pod, port))
+        write_json_atomic(self.paths.targets / f"{stem}.json", target_group(pod, host, port))
         log.info(
-            "Started replica pod=%s/%s engine=%s profile=%s node=%s port=%d pid=%d",
+            "Started replica pod=%s/%s engine=%s profile=%s node=%s address=%s:%d pid=%d",
             *key,
             engine,
             profile or "-",
             node,
+            host,
             port,
             process.pid,
         )
@@ -916,7 +975,7 @@ class PodRunner:
             if runner_alive(info.runner):
                 continue
             cmdline = _cmdline(info.pid)
-            if cmdline and f"--port {info.port}" in cmdline:
+            if cmdline and f"--host {info.host} --port {info.port}" in cmdline:
                 log.info("Stopping orphaned replica pod=%s/%s pid=%d", *key, info.pid)
                 _kill_group(info.pid, signal.SIGKILL)
             stem = file_stem(key)

@@ -4,10 +4,12 @@ with the pod."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
 import signal
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,8 +25,10 @@ from e2e.helpers import GC_TIMEOUT, Kube, condition, condition_true, wait_for
 from e2e.podrunner import (
     PodRunner,
     ReplicaInfo,
+    address_free,
     drop_value_options,
     group_alive,
+    listen_address,
     profile_for_gpu_product,
     read_replica_states,
     ready_patch,
@@ -33,6 +37,7 @@ from e2e.podrunner import (
     target_group,
     vllm_cpu_command,
 )
+from kvpilot.controller.quality import pod_base_url
 from kvpilot_runtime.loadgen import Arrival
 
 #: The simulator's model-load time: long enough to watch the pod stay not Ready.
@@ -151,9 +156,9 @@ POD: dict[str, Any] = {
 
 
 def test_target_group() -> None:
-    assert target_group(POD, 18001) == [
+    assert target_group(POD, "127.4.0.7", 8000) == [
         {
-            "targets": ["127.0.0.1:18001"],
+            "targets": ["127.4.0.7:8000"],
             "labels": {
                 "namespace": "ns",
                 "pod": "svc-abc",
@@ -162,6 +167,41 @@ def test_target_group() -> None:
             },
         }
     ]
+
+
+def _addressed(ip: str | None, ports: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "spec": {"containers": [{"name": "sidecar"}, {"name": "vllm", "ports": ports}]},
+        "status": {"podIP": ip} if ip else {},
+    }
+
+
+def test_address_free() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.4.0.9", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert not address_free("127.4.0.9", port)
+        assert address_free("127.4.0.10", port)
+    assert address_free("127.4.0.9", port)
+
+
+HTTP = [{"name": "metrics", "containerPort": 9090}, {"name": "http", "containerPort": 8000}]
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        (_addressed("127.4.0.7", HTTP), ("127.4.0.7", 8000)),
+        # A cluster started with a routable pod CIDR: nothing to bind here.
+        (_addressed("10.244.0.7", HTTP), None),
+        (_addressed(None, HTTP), None),
+        (_addressed("127.4.0.7", [{"name": "metrics", "containerPort": 9090}]), None),
+        (_addressed("not-an-ip", HTTP), None),
+    ],
+)
+def test_listen_address(pod: dict[str, Any], expected: tuple[str, int] | None) -> None:
+    assert listen_address(pod, "vllm") == expected
 
 
 def _with_status(ready: bool) -> dict[str, Any]:
@@ -278,7 +318,9 @@ def test_replica_follows_pod_and_readiness_follows_health(
         what=f"a replica for {ns}/{name}",
     )
     assert info.engine == "sim"
-    assert info.url.startswith("http://127.0.0.1:")
+    # It listens where the operator looks for a pod: status.podIP and the container's port.
+    assert info.url == pod_base_url(kube.get("pod", info.pod, ns) or {})
+    assert ipaddress.ip_address(info.host).is_loopback and info.host != "127.0.0.1"
 
     # Sample /health and the pod's Ready condition together until the pod is Ready.
     samples: list[tuple[int | None, bool]] = []
@@ -325,7 +367,7 @@ def test_replica_follows_pod_and_readiness_follows_health(
         "inference_service": name,
         "revision": revision,
     }
-    assert labels["job"] == "vllm" and labels["instance"] == f"127.0.0.1:{info.port}"
+    assert labels["job"] == "vllm" and labels["instance"] == f"{info.host}:{info.port}"
     assert float(series[0]["value"][1]) == 0.0
 
     # A replica that dies makes the pod not Ready until its restart is healthy again.

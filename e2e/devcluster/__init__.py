@@ -52,6 +52,14 @@ PORTS = {
         "prometheus": 19090,
     }.items()
 }
+#: Pod IPs that kwok hands out: a /16 inside 127.0.0.0/8, one per port offset
+#: (distinct for offsets below 254 and for multiples of 100 up to 12,700), so
+#: the pod runner can bind each replica to its pod's IP and container port and
+#: the operator reaches pods at ``status.podIP`` as on a real cluster. The API
+#: server refuses loopback addresses in Endpoints and EndpointSlices, so the
+#: controllers that write them are off (the dev cluster has no kube-proxy:
+#: nothing routes through a Service's endpoints here).
+POD_CIDR = f"127.{1 + PORT_OFFSET % 254}.0.0/16"
 #: The bin-packing kube-scheduler profile the dev cluster runs (deploy/scheduler/).
 BINPACK_SCHEDULER = "kvpilot-binpack"
 COMPONENTS = (
@@ -556,7 +564,9 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 "--use-service-account-credentials=false",
-                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+                # endpoints off: pod IPs are loopback addresses (see POD_CIDR)
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,"
+                "-endpoints-controller,-endpointslice-controller",
                 "--concurrent-deployment-syncs=10",
                 "--concurrent-replicaset-syncs=10",
                 "--concurrent-gc-syncs=20",
@@ -593,7 +603,7 @@ def components(layout: Layout, bins: dict[str, Path], inventory: dict[str, Any])
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-lease-duration-seconds=40",
-                "--cidr=10.244.0.0/16",
+                f"--cidr={POD_CIDR}",
                 "--node-ip=10.240.0.1",
                 f"--server-address=127.0.0.1:{PORTS['kwok']}",
             ],

@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL_SCRIPT = Path(__file__).resolve().parent / "tiny_model.py"
+PERTURB_SCRIPT = Path(__file__).resolve().parent / "perturb_model.py"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "kvpilot"
 
 # What the contract and fidelity runs serve: a small --max-num-seqs makes a
@@ -62,6 +63,31 @@ def tiny_model_dir(python: Path, cache: Path = CACHE) -> Path:
         if out.exists():
             import shutil
 
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(out)
+    return out
+
+
+def perturbed_model_dir(
+    python: Path, src: Path, scale: float, seed: int, cache: Path = CACHE
+) -> Path:
+    """A copy of the model in ``src`` with seeded weight noise (built once, cached).
+
+    Keyed by the source directory's name, the perturbation script's contents,
+    the scale and the seed.
+    """
+    import hashlib
+    import shutil
+
+    digest = hashlib.sha256(PERTURB_SCRIPT.read_bytes()).hexdigest()[:12]
+    out = cache / "models" / f"{src.name}-perturbed-{scale:g}-{seed}-{digest}"
+    if not (out / "config.json").is_file():
+        tmp = out.with_name(out.name + f".partial{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [str(python), str(PERTURB_SCRIPT), str(scale), str(seed), str(src), str(tmp)]
+        subprocess.run(cmd, check=True)
+        if out.exists():
             shutil.rmtree(tmp)
         else:
             tmp.rename(out)

@@ -31,6 +31,7 @@ from kvpilot.controller.analysis import analysis_config, run_analysis
 from kvpilot.controller.cache import ClusterView, Key
 from kvpilot.controller.kube import ApiError, Kube
 from kvpilot.controller.metrics import OperatorMetrics
+from kvpilot.controller.quality import PROBE_TIMEOUT_S, ProbeError, pod_base_url, run_gate
 from kvpilot.controller.settings import Settings
 from kvpilot.objects import merge_patch
 from kvpilot.planning.inventory import build_inventory
@@ -51,6 +52,7 @@ from kvpilot.reconcile.moves import (
     taint_writes,
     with_reservation,
 )
+from kvpilot.reconcile.quality import gate_due, quality_config, quality_record, recorded
 from kvpilot.reconcile.rollout import equivalent_ready, live_revisions
 from kvpilot.reconcile.status import changed_fields, now_iso
 from kvpilot.resources.labels import INFERENCE_SERVICE
@@ -470,6 +472,7 @@ class Controller:
         )
         deployments = tuple(self._deployments_of(ns, name, uid))
         analysis = self._analyse(body, isvc, deployments)
+        pods = tuple(self._pods_of(ns, name))
         return Observation(
             **common,
             isvc=isvc,
@@ -478,7 +481,7 @@ class Controller:
             children=children,
             foreign=foreign,
             scheduler_name=self.settings.scheduler_name,
-            pods=tuple(self._pods_of(ns, name)),
+            pods=pods,
             draining_nodes=self.pool.draining if self.pool is not None else frozenset(),
             deployments=deployments,
             free_gpus=self.free_gpus(),
@@ -489,6 +492,7 @@ class Controller:
                 Event(e.type, e.reason, e.message) for e in (analysis.events if analysis else ())
             ),
             reservations=self.pool.reservations if self.pool is not None else (),
+            **self._quality_gate((ns, name), isvc, common["previous"], pods, common["now"]),
         )
 
     def _analyse(
@@ -536,6 +540,52 @@ class Controller:
             self._poke()
 
         loop.call_soon_threadsafe(lambda: loop.call_later(delay, requeue))
+
+    def _quality_gate(
+        self,
+        key: Key,
+        isvc: InferenceService,
+        previous: Mapping[str, Any],
+        pods: Sequence[Mapping[str, Any]],
+        now: str,
+    ) -> dict[str, Any]:
+        """The quality gate's Observation fields: the verdict status holds for the canary,
+        or a run's when one is due now (the probe blocks this service's reconcile only)."""
+        spec = isvc.spec.rollout.quality_gate
+        canary = (previous.get("revisions") or {}).get("canary")
+        done = recorded(previous, canary) if spec.enabled and canary else None
+        if done is not None:
+            return {"quality": done[0], "quality_message": done[1]}
+        run = gate_due(spec.enabled, previous, pods)
+        if run is None:
+            return {}
+        stable_url, canary_url = pod_base_url(run.stable_pod), pod_base_url(run.canary_pod)
+        if stable_url is None or canary_url is None:
+            return {}
+        started = time.perf_counter()
+        try:
+            result = run_gate(
+                stable_url, canary_url, isvc.served_name, quality_config(spec), PROBE_TIMEOUT_S
+            )
+        except ProbeError as exc:
+            log.warning(
+                "Quality gate probe failed inferenceservice=%s/%s canary=%s err=%s",
+                *key, run.canary, exc,
+            )  # fmt: skip
+            self._retry_later(key, 10.0)
+            return {"quality_message": f"quality probe failed: {exc}"}
+        log.info(
+            "Quality gate inferenceservice=%s/%s canary=%s stable=%s passed=%s agreement=%.3f "
+            "divergence=%s seconds=%.1f",
+            *key, run.canary, run.stable, result.passed, result.token_agreement,
+            "-" if result.logprob_divergence is None else f"{result.logprob_divergence:.3f}",
+            time.perf_counter() - started,
+        )  # fmt: skip
+        return {
+            "quality": result.passed,
+            "quality_message": result.message,
+            "quality_record": quality_record(result, run, now),
+        }
 
     def free_gpus(self) -> dict[str, int]:
         """Free GPUs per GPU type now, counting every pod (kvpilot's included): what a

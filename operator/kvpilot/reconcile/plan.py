@@ -90,6 +90,8 @@ class Observation:
     quality: bool | None = None
     quality_message: str = ""
     reservations: tuple[Reservation, ...] = ()
+    #: a quality gate run this reconcile made (status.revisions.quality), None: none
+    quality_record: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,12 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             if r in live and (r != revision or r == rolled_back)
         ]
         events.extend(obs.analysis_events)
+        rec = obs.quality_record
+        if rec is not None and rec.get("passed"):
+            # A failed gate is told by the rollback's Warning Event.
+            events.append(
+                Event("Normal", str(rec["reason"]), f"{rec['revision']}: {rec['message']}")
+            )
         events.extend(Event(e.type, e.reason, e.message) for e in rollout.events)
         if (
             placement.replicas_placed < placement.replicas_wanted
@@ -291,7 +299,9 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         gpu_product=obs.gpu_product,
     )  # fmt: skip
     if rollout is not None:
-        status["revisions"] = revisions_status(obs.previous, rollout, obs.now)
+        status["revisions"] = revisions_status(
+            obs.previous, rollout, obs.now, quality=obs.quality_record
+        )
         if obs.analysis_state and status["revisions"].get("canary") == obs.analysis_state.get(
             "revision"
         ):
@@ -337,9 +347,17 @@ def combined_observed(deployments: Sequence[Mapping[str, Any]]) -> Observed | No
     )
 
 
-def revisions_status(previous: Mapping[str, Any], rollout: RolloutPlan, now: str) -> dict[str, Any]:
+def revisions_status(
+    previous: Mapping[str, Any],
+    rollout: RolloutPlan,
+    now: str,
+    *,
+    quality: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """status.revisions: stable, canary and progress; the gates' state carried over while
-    the same canary rolls out."""
+    the same canary rolls out. The quality gate's record (``quality``: this reconcile's
+    run) stays while its revision is the canary, the stable revision it was promoted to,
+    or the revision it rolled back."""
     prev: Mapping[str, Any] = previous.get("revisions") or {}
     out: dict[str, Any] = {"stable": rollout.stable, "phase": rollout.phase}
     if rollout.canary is not None:
@@ -364,6 +382,13 @@ def revisions_status(previous: Mapping[str, Any], rollout: RolloutPlan, now: str
                          "time": stamp}  # fmt: skip
     elif prev.get("failed"):
         out["failed"] = prev["failed"]
+    record = quality or prev.get("quality") or {}
+    if record and record.get("revision") in (
+        rollout.canary,
+        rollout.stable,
+        (out.get("failed") or {}).get("revision"),
+    ):
+        out["quality"] = dict(record)
     return out
 
 
