@@ -49,6 +49,7 @@ REPLICAS = 4
 RATE = 4.0
 PROMPT, OUTPUT = 64, 16
 ANALYSIS: dict[str, Any] = {
+    "enabled": True,
     "intervalSeconds": 5,
     "windowSeconds": 20,
     "minRequests": 8,

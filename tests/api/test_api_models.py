@@ -67,7 +67,7 @@ MINIMAL_DEFAULTED: dict[str, Any] = {
         "paused": False,
         "abort": False,
         "analysis": {
-            "enabled": True,
+            "enabled": False,
             "intervalSeconds": 30,
             "windowSeconds": 60,
             "minRequests": 20,

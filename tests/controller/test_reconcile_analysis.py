@@ -83,7 +83,7 @@ def spec(variant: str) -> dict[str, Any]:
     out = copy.deepcopy(BODY["spec"])
     out["scaling"] = {"minReplicas": 2, "maxReplicas": 2}
     out["runtime"] = {"env": [{"name": "VARIANT", "value": variant}]}
-    out["rollout"] = {"steps": [50]}
+    out["rollout"] = {"steps": [50], "analysis": {"enabled": True}}
     return out
 
 

@@ -707,7 +707,9 @@ class AnalysisSpec(KvModel):
     first token and inter-token latency against stable's, over one window every interval."""
 
     enabled: bool = Field(
-        True, description="Gate steps and promotion on the analysis. Default true."
+        False,
+        description="Gate steps and promotion on the analysis. Default false: an idle "
+        "service has no traffic to judge, so the gate is opted into where traffic flows.",
     )
     interval_seconds: int = Field(30, ge=5, le=3600, description="How often to evaluate.")
     window_seconds: int = Field(60, ge=10, le=3600, description="Window of each evaluation.")
