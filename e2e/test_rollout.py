@@ -341,17 +341,17 @@ def test_abort_rolls_back_and_clearing_it_resumes(
     ns, name = served_namespace, "abort"
     old = start_stable(cluster, kube, ns, name, 2)
     body = spec(name, AWQ, "awq", 1, 8)
-    # With the quality gate on and no comparison made, the canary holds at one replica.
-    body["spec"]["rollout"]["qualityGate"] = {"enabled": True}
+    # With the analysis on and its first window an hour away, the canary holds at step 1.
+    body["spec"]["rollout"]["analysis"] = {"enabled": True, "intervalSeconds": 3600}
     with under_load(cluster, kube, ns, name) as (watcher, result):
         apply(kube, ns, body)
         canary = wait_for(
             lambda: (revisions(kube, ns, name), pods_of(kube, ns, name)),
             lambda rp: bool(rp[0].get("canary"))
-            and [_ready(p) for p in rp[1]
-                 if p["metadata"]["labels"]["kvpilot.io/revision"] == rp[0]["canary"]] == [True],
+            and any(_ready(p) for p in rp[1]
+                    if p["metadata"]["labels"]["kvpilot.io/revision"] == rp[0]["canary"]),
             timeout=60,
-            what="one canary replica ready, held by the quality gate",
+            what="a canary replica ready, held by the analysis",
         )[0]["canary"]  # fmt: skip
         body["spec"]["rollout"]["abort"] = True
         apply(kube, ns, body)
@@ -367,7 +367,7 @@ def test_abort_rolls_back_and_clearing_it_resumes(
         )
         assert revisions(kube, ns, name)["stable"] == old
         body["spec"]["rollout"]["abort"] = False
-        body["spec"]["rollout"]["qualityGate"] = {"enabled": False}
+        body["spec"]["rollout"]["analysis"] = {"enabled": False}
         apply(kube, ns, body)
         took = promoted(kube, ns, name, old, replicas=8, timeout=240)
     assert revisions(kube, ns, name)["stable"] == canary
