@@ -30,15 +30,15 @@ from kvpilot_runtime.loadgen import (
 pytestmark = pytest.mark.usefixtures("operator", "pod_runner")
 
 
-def ready_count(kube: Kube, ns: str, name: str) -> int:
-    return sum(
-        1
-        for p in pods_of(kube, ns, name)
-        if any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in (p.get("status") or {}).get("conditions") or []
-        )
+def is_ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
     )
+
+
+def ready_count(kube: Kube, ns: str, name: str) -> int:
+    return sum(1 for p in pods_of(kube, ns, name) if is_ready(p))
 
 
 def test_cordon_and_drain_under_load_lose_no_replica(

@@ -14,8 +14,8 @@ from e2e.conftest import Cluster
 from e2e.helpers import Kube, condition, wait_for
 from e2e.operator import OperatorProcess
 from e2e.test_core import no_terminating_namespaces
-from e2e.test_maintenance import ready_count
-from e2e.test_operator import apply, isvc
+from e2e.test_maintenance import is_ready
+from e2e.test_operator import apply, isvc, pods_of
 from e2e.test_placement import LARGE, actual_nodes, all_placed_and_ready, service
 from kvpilot_runtime.loadgen import (
     LoadConfig,
@@ -94,11 +94,21 @@ def test_tp1_replicas_move_to_free_a_node_for_tp8(
     )
 
     lowest = [6]
+    dips: list[tuple[float, list[str]]] = []
     stop = threading.Event()
 
     def watch() -> None:
+        t0 = time.monotonic()
         while not stop.is_set():
-            lowest[0] = min(lowest[0], ready_count(kube, ns, "small"))
+            pods = pods_of(kube, ns, "small")
+            ready = [p for p in pods if is_ready(p)]
+            lowest[0] = min(lowest[0], len(ready))
+            if len(ready) < 6:
+                # Which pods were live but not Ready, so a failure says why.
+                dips.append((
+                    round(time.monotonic() - t0, 1),
+                    [p["metadata"]["name"] for p in pods if not is_ready(p)],
+                ))  # fmt: skip
             time.sleep(0.3)
 
     result: dict[str, Any] = {}
@@ -162,7 +172,7 @@ def test_tp1_replicas_move_to_free_a_node_for_tp8(
     small, large = actual_nodes(kube, ns, "small"), actual_nodes(kube, ns, "large")
     assert small == {NODES[1] if freed == NODES[0] else NODES[0]: 6}
     assert large == {freed: 1}
-    assert lowest[0] >= 6, f"small's ready replicas fell to {lowest[0]} during the move"
+    assert lowest[0] >= 6, f"small's ready replicas fell to {lowest[0]} during the move: {dips}"
     records, summary = result["run"]
     assert summary.ok > 0
     assert summary.errors == 0, [(r.status, r.error) for r in records if not r.ok][:3]
