@@ -52,9 +52,11 @@ from kvpilot.reconcile.moves import (
     taint_writes,
     with_reservation,
 )
+from kvpilot.reconcile.plan import target_deployment
 from kvpilot.reconcile.quality import gate_due, quality_config, quality_record, recorded
 from kvpilot.reconcile.rollout import equivalent_ready, live_revisions
 from kvpilot.reconcile.status import changed_fields, now_iso
+from kvpilot.resources.deployment import QUALITY_GATE_CONDITION
 from kvpilot.resources.labels import INFERENCE_SERVICE
 from kvpilot.rollout.analysis import AnalysisStep
 
@@ -470,6 +472,9 @@ class Controller:
         children, foreign = self._children(
             ns, name, uid, check_missing=placement is not None and placement.option is not None
         )
+        taken = self._foreign_deployment(ns, uid, target_deployment(isvc, placement, product))
+        if taken is not None:
+            foreign["Deployment"] = taken
         deployments = tuple(self._deployments_of(ns, name, uid))
         analysis = self._analyse(body, isvc, deployments)
         pods = tuple(self._pods_of(ns, name))
@@ -615,6 +620,16 @@ class Controller:
             and ((p.get("metadata") or {}).get("labels") or {}).get(INFERENCE_SERVICE) == name
         ]
 
+    def _foreign_deployment(self, ns: str, uid: str, dep_name: str | None) -> str | None:
+        """`dep_name` when a Deployment of that name exists that this service does not own
+        (never applied over: server-side apply would take it over)."""
+        if dep_name is None:
+            return None
+        obj = self.view.get("Deployment", ns, dep_name)
+        if obj is None:
+            obj = self.kube.get("apps/v1", "Deployment", ns, dep_name)
+        return None if obj is None or owned_by(obj, uid) else dep_name
+
     def _children(
         self, ns: str, name: str, uid: str, *, check_missing: bool = False
     ) -> tuple[dict[str, Mapping[str, Any] | None], dict[str, str]]:
@@ -710,6 +725,23 @@ class Controller:
             if obs.placement is not None:
                 gpus = obs.placement.gpus_used
             self.metrics.service(ns, name, plan.status, gpus)
+        # After the status: the admissions are derived from it, so a restart in between
+        # admits the same pods.
+        for adm in plan.admit:
+            try:
+                result = self.kube.patch_pod_condition(
+                    ns, adm.pod,
+                    {"type": QUALITY_GATE_CONDITION, "status": "True", "reason": adm.reason,
+                     "message": adm.message[:1024], "lastTransitionTime": obs.now},
+                )  # fmt: skip
+            except ApiError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            self.view.note_written("Pod", result)
+            self.metrics.decisions.labels("admit", "Pod").inc()
+            log.info("Set %s=True on pod=%s/%s reason=%s", QUALITY_GATE_CONDITION, ns,
+                     adm.pod, adm.reason)  # fmt: skip
         for event in plan.events:
             self.events.post(body, event)
             self.metrics.decisions.labels("event", event.reason).inc()

@@ -231,6 +231,21 @@ class Kube:
         )
         return result
 
+    def patch_pod_condition(
+        self, namespace: str, name: str, condition: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Set one condition of a Pod (pods/status, strategic merge: conditions merge by
+        type, so the kubelet's own conditions are left as they are)."""
+        url = path("v1", "Pod", namespace, name) + "/status"
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            url,
+            body={"status": {"conditions": [dict(condition)]}},
+            query=[("fieldManager", FIELD_MANAGER)],
+            content_type="application/strategic-merge-patch+json",
+        )
+        return result
+
     def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         """Write replicas through the InferenceService's scale subresource."""
         url = path(API_VERSION, KIND, namespace, name) + "/scale"

@@ -17,7 +17,9 @@ from kvpilot.conditions import Condition, find
 from kvpilot.objects import contains, object_ref
 from kvpilot.planning.placement import ServicePlacement
 from kvpilot.reconcile.moves import MoveStep, Reservation, move_step
+from kvpilot.reconcile.quality import Admission, admissions
 from kvpilot.reconcile.rollout import (
+    LiveRevision,
     capacity_annotations,
     live_revisions,
     old_revision_state,
@@ -33,7 +35,8 @@ from kvpilot.reconcile.status import (
     serving_conditions,
     status_changed,
 )
-from kvpilot.resources import deployment_name, desired_objects
+from kvpilot.resources import compute_revision, deployment_name, desired_objects
+from kvpilot.resources.deployment import has_quality_gate
 from kvpilot.resources.labels import REVISION
 from kvpilot.resources.plan import RenderPlan, render_plan
 from kvpilot.rollout.capacity import replica_capacity
@@ -110,12 +113,14 @@ class ReconcilePlan:
     rollout: RolloutPlan | None = None
     #: pods to annotate with the leaving pod-deletion-cost before a move scales down
     mark_leaving: tuple[str, ...] = ()
+    #: gated pods whose quality-gate condition to set True (they may take traffic)
+    admit: tuple[Admission, ...] = ()
 
     @property
     def writes(self) -> int:
         return (
             len(self.apply) + (self.status is not None) + len(self.events) + len(self.scale)
-            + len(self.delete) + len(self.mark_leaving)
+            + len(self.delete) + len(self.mark_leaving) + len(self.admit)
         )  # fmt: skip
 
 
@@ -229,8 +234,9 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             port = service_port(stable_live.deployment)
         dep_name = t_live.name if t_live is not None else deployment_name(isvc.name, revision)
         objects = desired_objects(
-            isvc, render, deployment=dep_name, port=port, annotations=capacity_annotations(cap)
-        )
+            isvc, render, deployment=dep_name, port=port, annotations=capacity_annotations(cap),
+            quality_gate=quality_gated(isvc, t_live, live, revision),
+        )  # fmt: skip
         if t_live is None and rollout.failed is not None and rollout.failed[0] == revision:
             objects = objects[:-1]  # a failed revision gets no Deployment again
         for obj in objects:
@@ -308,6 +314,9 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             status["revisions"]["analysis"] = dict(obs.analysis_state)
     elif "revisions" in obs.previous:
         status["revisions"] = dict(obs.previous["revisions"])
+    admit = admissions(
+        isvc.spec.rollout.quality_gate.enabled, status.get("revisions") or {}, obs.pods
+    )
     new_status: dict[str, Any] | None = None
     if status_changed(obs.previous, status):
         new_status = status
@@ -322,7 +331,43 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         delete=tuple(delete),
         rollout=rollout,
         mark_leaving=step.mark,
+        admit=admit,
     )
+
+
+def target_deployment(
+    isvc: InferenceService, placement: ServicePlacement | None, gpu_product: str | None
+) -> str | None:
+    """The name of the Deployment the spec's revision gets, once the pool plan placed it
+    (what the reconcile will create: the controller checks that nobody else holds it)."""
+    if placement is None or placement.option is None:
+        return None
+    option = placement.option
+    revision = compute_revision(
+        isvc.spec,
+        tensor_parallel=option.tensor_parallel,
+        gpus_per_replica=option.gpus_per_replica,
+        gpu_product=gpu_product or option.gpu_type,
+    )
+    return deployment_name(isvc.name, revision)
+
+
+def quality_gated(
+    isvc: InferenceService,
+    t_live: LiveRevision | None,
+    live: Mapping[str, LiveRevision],
+    revision: str,
+) -> bool:
+    """Whether the Deployment of `revision` carries the quality gate's readinessGate.
+
+    A live Deployment keeps what it was created with: adding or removing the gate
+    changes the pod template and would restart every replica, the stable ones after a
+    promotion included. A new one gets it when the gate is on and another revision is
+    live to compare with (the first revision of a service has nothing to wait for).
+    """
+    if t_live is not None:
+        return has_quality_gate(t_live.deployment)
+    return isvc.spec.rollout.quality_gate.enabled and any(r != revision for r in live)
 
 
 def combined_observed(deployments: Sequence[Mapping[str, Any]]) -> Observed | None:

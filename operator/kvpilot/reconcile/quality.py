@@ -1,21 +1,27 @@
-"""The quality gate in the reconcile: when it is due, and what status remembers of it (pure).
+"""The quality gate in the reconcile: when it is due, what status remembers of it, and
+which pods may take traffic (pure).
 
-The gate runs once per canary revision: when the canary's first replica is
-Ready (the rollout planner holds the canary at one replica until a result
-exists) and a stable replica is Ready to compare it with. Its result is kept
-in ``status.revisions.quality`` with the revision it is for, so a restarted
+The gate runs once per canary revision: when the container of the canary's first
+replica is ready (the rollout planner holds the canary at one replica until a
+result exists) and a stable replica is Ready to compare it with. A canary rolled
+out with the gate on carries a readinessGate (resources.deployment
+QUALITY_GATE_CONDITION), so its pods are not Ready, and not in the Service, until
+the operator sets that condition True after a pass. The result is kept in
+``status.revisions.quality`` with the revision it is for, so a restarted
 operator does not run it again and a new canary starts without one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kvpilot.api.spec import QualityGateSpec
 from kvpilot.conditions import find
 from kvpilot.reconcile.rollout import live_pods
+from kvpilot.resources.deployment import QUALITY_GATE_CONDITION, has_quality_gate
+from kvpilot.resources.labels import REVISION
 from kvpilot.rollout.quality import DEFAULT_PROMPTS, QualityGateConfig, QualityResult
 
 
@@ -52,6 +58,13 @@ def _ready(pod: Mapping[str, Any]) -> bool:
     return cond is not None and cond.get("status") == "True"
 
 
+def container_ready(pod: Mapping[str, Any]) -> bool:
+    """The pod's containers pass their readiness probes (``containerStatuses[].ready``),
+    whatever its readinessGates say: a gated canary answers the probe before it is Ready."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return bool(statuses) and all(s.get("ready") for s in statuses)
+
+
 def gate_due(
     enabled: bool, previous: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
 ) -> GateRun | None:
@@ -68,11 +81,13 @@ def gate_due(
     if recorded(previous, canary) is not None:
         return None
 
-    def first_ready(revision: str) -> Mapping[str, Any] | None:
-        ready = [p for p in live_pods(pods, revision) if _ready(p)]
-        return min(ready, key=lambda p: str(p["metadata"]["name"])) if ready else None
+    def first(
+        revision: str, ready: Callable[[Mapping[str, Any]], bool]
+    ) -> Mapping[str, Any] | None:
+        found = [p for p in live_pods(pods, revision) if ready(p)]
+        return min(found, key=lambda p: str(p["metadata"]["name"])) if found else None
 
-    s, c = first_ready(stable), first_ready(canary)
+    s, c = first(stable, _ready), first(canary, container_ready)
     if s is None or c is None:
         return None
     return GateRun(stable, canary, s, c)
@@ -92,3 +107,58 @@ def quality_record(result: QualityResult, run: GateRun, now: str) -> dict[str, A
         ),
         "checkedAt": now,
     }
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Set QUALITY_GATE_CONDITION True on ``pod``: its revision may take traffic."""
+
+    pod: str
+    reason: str
+    message: str
+
+
+def admissions(
+    enabled: bool, revisions: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
+) -> tuple[Admission, ...]:
+    """The gated pods whose condition to set True now, derived from status alone.
+
+    Every pod with the readinessGate is admitted unless its revision is the canary
+    still waiting for (or failed by) its gate, or the revision rolled back: the stable
+    revision (the first one, or a canary promoted after its gate passed), a canary whose
+    gate passed (pods it scales to later included) and any revision rolled out while the
+    gate was on but no longer under it. Nothing is counted or stored, so a restarted
+    operator admits exactly the same pods.
+    """
+    canary = revisions.get("canary")
+    stable = revisions.get("stable")
+    failed = (revisions.get("failed") or {}).get("revision")
+    rec = revisions.get("quality") or {}
+    out: list[Admission] = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp") or not has_quality_gate(pod):
+            continue
+        cond = find((pod.get("status") or {}).get("conditions"), QUALITY_GATE_CONDITION)
+        if cond is not None and cond.get("status") == "True":
+            continue
+        rev = (meta.get("labels") or {}).get(REVISION)
+        if not rev or rev == failed:
+            continue
+        if rec.get("revision") == rev and rec.get("passed") is True:
+            admit = Admission(
+                str(meta.get("name")), "QualityGatePassed", str(rec.get("message") or "")
+            )
+        elif rev == stable:
+            admit = Admission(
+                str(meta.get("name")), "StableRevision", f"{rev} is the stable revision"
+            )
+        elif rev == canary and enabled:
+            continue
+        else:
+            admit = Admission(
+                str(meta.get("name")), "QualityGateNotRequired",
+                f"{rev} is not under the quality gate",
+            )  # fmt: skip
+        out.append(admit)
+    return tuple(sorted(out, key=lambda a: a.pod))

@@ -20,14 +20,17 @@ def desired_objects(
     deployment: str | None = None,
     port: int | None = None,
     annotations: dict[str, str] | None = None,
+    quality_gate: bool = False,
 ) -> list[dict[str, Any]]:
     """Everything to apply for `isvc`, in apply order (Service and PDB before pods):
     the Deployment of `plan.revision` named `deployment` (default `<service>-<revision>`),
-    the Service on `port` (default the spec's)."""
+    the Service on `port` (default the spec's); `quality_gate`: see build_deployment."""
     return [
         build_service(isvc, port),
         build_pdb(isvc),
-        build_deployment(isvc, plan, name=deployment, annotations=annotations),
+        build_deployment(
+            isvc, plan, name=deployment, annotations=annotations, quality_gate=quality_gate
+        ),
     ]
 
 

@@ -8,6 +8,7 @@ InferenceService) alone, and a re-apply of the same dict changes nothing.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Final
 
 from kvpilot.api.names import RESERVED_TAINT, reservation_value
@@ -53,6 +54,10 @@ STARTUP_PERIOD_SECONDS: Final = 10
 # refreshing their lists) are not refused during a rollout or scale-down.
 PRE_STOP_SLEEP_SECONDS: Final = 5
 REVISION_HISTORY_LIMIT: Final = 3
+# Pod condition behind the readinessGate of a revision rolled out with the quality gate:
+# the kubelet counts such a pod Ready (and the Service sends it traffic) only once the
+# operator has set it True, after the gate passed (see docs/quality-gate.md).
+QUALITY_GATE_CONDITION: Final = "kvpilot.io/quality-gate"
 # vLLM's flag for each quantization; int8 (W8A8) checkpoints are detected from their
 # config and have no flag of their own.
 VLLM_QUANTIZATION: Final = {"awq": "awq", "gptq": "gptq", "fp8": "fp8"}
@@ -219,18 +224,32 @@ def deployment_name(service: str, revision: str) -> str:
     return f"{service}-{revision}"
 
 
+def has_quality_gate(obj: Mapping[str, Any]) -> bool:
+    """Whether a Deployment's pod template (or a pod) carries the quality gate's readinessGate."""
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "Deployment" or "template" in spec:
+        spec = (spec.get("template") or {}).get("spec") or {}
+    return any(
+        g.get("conditionType") == QUALITY_GATE_CONDITION for g in spec.get("readinessGates") or []
+    )
+
+
 def build_deployment(
     isvc: InferenceService,
     plan: RenderPlan,
     *,
     name: str | None = None,
     annotations: dict[str, str] | None = None,
+    quality_gate: bool = False,
 ) -> dict[str, Any]:
     """The Deployment running `plan.replicas` vLLM replicas of `plan.revision`.
 
     Its selector includes the revision, so the Deployments of two revisions never
     count each other's pods; `name` equal to the service's keeps the selector such a
     Deployment was created with (selectors are immutable), so it is taken over as is.
+    `quality_gate` adds the readinessGate on QUALITY_GATE_CONDITION; it is not part of
+    the revision hash, and the caller keeps it as the live Deployment has it (adding or
+    removing it would restart the revision's pods).
     """
     rt = isvc.spec.runtime
     name = name or deployment_name(isvc.name, plan.revision)
@@ -289,6 +308,11 @@ def build_deployment(
                     "enableServiceLinks": False,
                     "securityContext": POD_SECURITY_CONTEXT,
                     "containers": [container],
+                    **(
+                        {"readinessGates": [{"conditionType": QUALITY_GATE_CONDITION}]}
+                        if quality_gate
+                        else {}
+                    ),
                     "volumes": volumes,
                     "tolerations": [
                         {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
