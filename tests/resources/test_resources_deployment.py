@@ -10,6 +10,7 @@ import pytest
 from kvpilot.api import InferenceService, parse_spec
 from kvpilot.api.security import FIELD_ENV, SECRET_NAME
 from kvpilot.resources import RenderPlan, build_deployment, vllm_args
+from kvpilot.resources.deployment import QUALITY_GATE_CONDITION, has_quality_gate
 
 OWNER = {
     "apiVersion": "kvpilot.io/v1alpha1",
@@ -467,3 +468,18 @@ def test_trust_remote_code_is_an_explicit_field() -> None:
     args = container({"model": HF, "runtime": {"trustRemoteCode": True}})["containers"][0]["args"]
     assert "--trust-remote-code" in args
     assert "--trust-remote-code" not in container({"model": HF})["containers"][0]["args"]
+
+
+def test_quality_gate_adds_only_the_readiness_gate() -> None:
+    """The gate is the only template difference, and the revision (and so the Deployment
+    name and selector) is the same either way."""
+    service = isvc({"model": HF})
+    plain = build_deployment(service, PLAN)
+    gated = build_deployment(service, PLAN, quality_gate=True)
+    gates = gated["spec"]["template"]["spec"].pop("readinessGates")
+    assert gates == [{"conditionType": QUALITY_GATE_CONDITION}]
+    assert gated == plain
+    assert not has_quality_gate(plain)
+    assert has_quality_gate(build_deployment(service, PLAN, quality_gate=True))
+    pod = {"spec": {"readinessGates": [{"conditionType": QUALITY_GATE_CONDITION}]}}
+    assert has_quality_gate(pod) and not has_quality_gate({"spec": {}})

@@ -9,28 +9,58 @@ import pytest
 from kvpilot.api.spec import QualityGateSpec
 from kvpilot.controller.quality import parse_completion, pod_base_url
 from kvpilot.reconcile.plan import revisions_status
-from kvpilot.reconcile.quality import GateRun, gate_due, quality_config, quality_record, recorded
+from kvpilot.reconcile.quality import (
+    Admission,
+    GateRun,
+    admissions,
+    gate_due,
+    quality_config,
+    quality_record,
+    recorded,
+)
+from kvpilot.resources.deployment import QUALITY_GATE_CONDITION
 from kvpilot.rollout.plan import RolloutPlan
 from kvpilot.rollout.quality import DEFAULT_PROMPTS, Completion, QualityGateConfig, QualityResult
 
 
-def pod(name: str, revision: str, *, ready: bool = True, **extra: Any) -> dict[str, Any]:
+def pod(
+    name: str,
+    revision: str,
+    *,
+    ready: bool = True,
+    container: bool | None = None,
+    gated: bool = False,
+    admitted: bool | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A pod; ``container``: its container's readiness (default: ``ready``); ``gated``: the
+    quality gate's readinessGate; ``admitted``: that condition (None: not set)."""
+    conds = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if admitted is not None:
+        conds.append({"type": QUALITY_GATE_CONDITION, "status": str(admitted)})
+    spec: dict[str, Any] = {
+        "containers": [{"name": "vllm", "ports": [{"name": "http", "containerPort": 8000}]}]
+    }
+    if gated:
+        spec["readinessGates"] = [{"conditionType": QUALITY_GATE_CONDITION}]
     return {
         "metadata": {"name": name, "labels": {"kvpilot.io/revision": revision}, **extra},
         "status": {
             "phase": "Running",
             "podIP": f"127.4.0.{len(name)}",
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "conditions": conds,
+            "containerStatuses": [
+                {"name": "vllm", "ready": ready if container is None else container}
+            ],
         },
-        "spec": {
-            "containers": [{"name": "vllm", "ports": [{"name": "http", "containerPort": 8000}]}]
-        },
+        "spec": spec,
     }
 
 
 ROLLING = {"revisions": {"stable": "s1", "canary": "c1"}}
 PASSED = {"revision": "c1", "passed": True, "message": "token agreement 1.000"}
 S_A, S_B, C_A = pod("s-b", "s1"), pod("s-a", "s1"), pod("c-a", "c1")
+G_A = pod("c-a", "c1", ready=False, container=True, gated=True)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +69,21 @@ S_A, S_B, C_A = pod("s-b", "s1"), pod("s-a", "s1"), pod("c-a", "c1")
         ("off", False, ROLLING, [S_A, C_A], None),
         ("no rollout", True, {"revisions": {"stable": "s1"}}, [S_A], None),
         ("canary not Ready", True, ROLLING, [S_A, pod("c-a", "c1", ready=False)], None),
+        # A gated canary is not Ready until the gate passes: its container's readiness starts it.
+        (
+            "gated canary, container ready",
+            True,
+            ROLLING,
+            [S_A, G_A],
+            GateRun("s1", "c1", S_A, G_A),
+        ),
+        (
+            "stable container ready but pod not Ready",
+            True,
+            ROLLING,
+            [pod("s-a", "s1", ready=False, container=True), C_A],
+            None,
+        ),
         ("no Ready stable", True, ROLLING, [pod("s-a", "s1", ready=False), C_A], None),
         # The first Ready pod by name, so reconciles pick the same pair.
         ("due", True, ROLLING, [S_A, S_B, C_A], GateRun("s1", "c1", S_B, C_A)),
@@ -203,3 +248,91 @@ def test_pod_base_url(pod_: dict[str, Any], expected: str | None) -> None:
 )
 def test_parse_completion(choice: dict[str, Any], expected: Completion) -> None:
     assert parse_completion(choice) == expected
+
+
+def gated(name: str, revision: str, **extra: Any) -> dict[str, Any]:
+    return pod(name, revision, ready=False, container=True, gated=True, **extra)
+
+
+WAITING = {"stable": "s1", "canary": "c1"}
+PASS_NOTE = "token agreement 1.000"
+
+
+@pytest.mark.parametrize(
+    ("name", "enabled", "revisions", "pods", "expected"),
+    [
+        ("the canary waits for its gate", True, WAITING, [gated("c-a", "c1")], []),
+        (
+            "a failed gate admits nothing",
+            True,
+            {**WAITING, "quality": {**PASSED, "passed": False}},
+            [gated("c-a", "c1")],
+            [],
+        ),
+        (
+            "a pass admits every pod of the canary, later ones included",
+            True,
+            {**WAITING, "quality": PASSED},
+            [gated("c-b", "c1"), gated("c-a", "c1"), pod("s-a", "s1")],
+            [("c-a", "QualityGatePassed", PASS_NOTE), ("c-b", "QualityGatePassed", PASS_NOTE)],
+        ),
+        (
+            "a pass for another revision does not count",
+            True,
+            {**WAITING, "quality": {**PASSED, "revision": "c0"}},
+            [gated("c-a", "c1")],
+            [],
+        ),
+        (
+            "the stable revision is never held (promoted, its record replaced)",
+            True,
+            {"stable": "c1", "canary": "c2"},
+            [gated("c-a", "c1"), gated("d-a", "c2")],
+            [("c-a", "StableRevision", "c1 is the stable revision")],
+        ),
+        (
+            "gate switched off mid-rollout: the canary is admitted",
+            False,
+            WAITING,
+            [gated("c-a", "c1")],
+            [("c-a", "QualityGateNotRequired", "c1 is not under the quality gate")],
+        ),
+        (
+            "an older revision still retiring is admitted",
+            True,
+            {"stable": "s1", "canary": "c2"},
+            [gated("c-a", "c1")],
+            [("c-a", "QualityGateNotRequired", "c1 is not under the quality gate")],
+        ),
+        (
+            "the rolled-back revision stays out",
+            True,
+            {"stable": "s1", "failed": {"revision": "c1"}},
+            [gated("c-a", "c1")],
+            [],
+        ),
+        (
+            "already True: nothing to write",
+            True,
+            {**WAITING, "quality": PASSED},
+            [pod("c-a", "c1", gated=True, admitted=True)],
+            [],
+        ),
+        ("pods without the gate are left alone", True, {"stable": "s1"}, [pod("s-a", "s1")], []),
+        (
+            "terminating pods are left alone",
+            True,
+            {"stable": "s1"},
+            [gated("s-a", "s1", deletionTimestamp="2026-11-30T21:00:00Z")],
+            [],
+        ),
+    ],
+)
+def test_admissions(
+    name: str,
+    enabled: bool,
+    revisions: dict[str, Any],
+    pods: list[dict[str, Any]],
+    expected: list[tuple[str, str, str]],
+) -> None:
+    assert admissions(enabled, revisions, pods) == tuple(Admission(*e) for e in expected)

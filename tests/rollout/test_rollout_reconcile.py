@@ -4,6 +4,7 @@ Deployment named after the service, the Service port, retiring and rolling back.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 from kvpilot.api.parse import parse_inference_service
@@ -11,8 +12,10 @@ from kvpilot.planning.memory import ServingConfig
 from kvpilot.planning.placement import ServicePlacement
 from kvpilot.planning.tp import ModelFits, fit_model
 from kvpilot.reconcile import Observation, plan_reconcile
+from kvpilot.reconcile.plan import target_deployment
 from kvpilot.reconcile.rollout import capacity_annotations
 from kvpilot.resources import build_deployment, render_plan
+from kvpilot.resources.deployment import QUALITY_GATE_CONDITION
 from kvpilot.rollout.capacity import replica_capacity
 
 UID = "0b9f3c1e-0000-4000-8000-000000000001"
@@ -153,3 +156,95 @@ def test_rollback_is_recorded_and_not_retried() -> None:
     canary = next(o for o in plan.apply if o["kind"] == "Deployment")
     assert canary["spec"]["replicas"] == 0
     assert any(e.type == "Warning" and e.reason == "Aborted" for e in plan.events)
+
+
+def gated(spec: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(spec)
+    out["spec"]["rollout"]["qualityGate"] = {"enabled": True}
+    return out
+
+
+def gates(dep: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(dep["spec"]["template"]["spec"].get("readinessGates") or [])
+
+
+GATE = [{"conditionType": QUALITY_GATE_CONDITION}]
+
+
+def test_a_quality_gated_canary_gets_the_readiness_gate_and_the_first_revision_none() -> None:
+    first = plan_reconcile(observe(gated(BF16), [], []))
+    (dep,) = [o for o in first.apply if o["kind"] == "Deployment"]
+    assert gates(dep) == []  # nothing to compare with: the first revision serves at once
+    legacy = deployment(BF16, name="x", ready=2)
+    plan = plan_reconcile(observe(gated(AWQ), [legacy], pods(legacy, 2)))
+    canary = next(o for o in plan.apply if o["kind"] == "Deployment")
+    assert gates(canary) == GATE
+    assert plan.revision == first_revision_of(AWQ)  # rollout settings stay out of the hash
+    assert plan.admit == ()
+
+
+def first_revision_of(spec: dict[str, Any]) -> str | None:
+    return plan_reconcile(observe(spec, [], [])).revision
+
+
+def test_a_live_deployment_keeps_its_template_whatever_the_gate_setting() -> None:
+    """Adding or removing the gate on a live Deployment would restart its pods: the stable
+    revision when the gate is switched on, the canary at promotion."""
+    stable = deployment(BF16, ready=2)
+    plan = plan_reconcile(observe(gated(BF16), [stable], pods(stable, 2)))
+    assert [o for o in plan.apply if o["kind"] == "Deployment"] == []
+    promoted = build_gated(AWQ, 8)
+    plan = plan_reconcile(observe(AWQ, [promoted], pods(promoted, 8), {"revisions": {
+        "stable": first_revision_of(AWQ)}}))  # fmt: skip
+    assert [o for o in plan.apply if o["kind"] == "Deployment"] == []
+
+
+def build_gated(spec: dict[str, Any], ready: int) -> dict[str, Any]:
+    isvc = parse_inference_service(spec)
+    place = placement(spec)
+    assert place.option is not None
+    plan = render_plan(isvc, tensor_parallel=place.option.tensor_parallel,
+                       gpu_product="NVIDIA-A100-SXM4-80GB", replicas=ready)  # fmt: skip
+    cap = capacity_annotations(replica_capacity(place.option.memory))
+    dep = build_deployment(isvc, plan, annotations=cap, quality_gate=True)
+    dep["metadata"]["creationTimestamp"] = "2026-11-30T00:01:00Z"
+    dep["status"] = {"replicas": ready, "readyReplicas": ready, "observedGeneration": 1}
+    dep["metadata"]["generation"] = 1
+    return dep
+
+
+def with_template_spec(pod_list: list[dict[str, Any]], dep: dict[str, Any]) -> None:
+    for p in pod_list:
+        p["spec"]["readinessGates"] = gates(dep)
+        p["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+
+
+def test_the_canary_is_admitted_once_its_gate_passed_and_not_before() -> None:
+    legacy = deployment(BF16, name="x", ready=2)
+    legacy["spec"]["replicas"] = 2
+    canary = build_gated(gated(AWQ), 0)
+    canary["spec"]["replicas"] = 1
+    mine = pods(canary, 1)
+    with_template_spec(mine, canary)
+    rev = first_revision_of(AWQ)
+    prev = {"revisions": {"stable": "x", "canary": rev, "phase": "Waiting",
+                          "baselineCapacity": 4499.0}}  # fmt: skip
+    obs = observe(gated(AWQ), [legacy, canary], pods(legacy, 2) + mine, prev)
+    held = plan_reconcile(replace(obs, quality=None))
+    assert held.admit == ()
+    assert held.rollout is not None and held.rollout.replicas[str(rev)] == 1
+    record = {"revision": rev, "passed": True, "message": "token agreement 1.000",
+              "reason": "QualityGatePassed"}  # fmt: skip
+    passed = plan_reconcile(replace(obs, quality=True, quality_record=record))
+    assert [(a.pod, a.reason) for a in passed.admit] == [(mine[0]["metadata"]["name"],
+                                                          "QualityGatePassed")]  # fmt: skip
+    assert passed.status is not None and passed.status["revisions"]["quality"] == record
+
+
+def test_target_deployment_is_the_name_the_reconcile_creates() -> None:
+    obs = observe(AWQ, [], [])
+    plan = plan_reconcile(obs)
+    dep = next(o for o in plan.apply if o["kind"] == "Deployment")
+    assert obs.isvc is not None
+    assert target_deployment(obs.isvc, obs.placement, obs.gpu_product) == dep["metadata"]["name"]
+    assert target_deployment(obs.isvc, None, None) is None
