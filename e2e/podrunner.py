@@ -21,9 +21,13 @@ and, for each one that is Running on a node:
 * registers it for Prometheus' file-based discovery (one JSON file per pod,
   replaced atomically) with the labels ``namespace``, ``pod``,
   ``inference_service`` and ``revision``;
-* follows the replica's ``/health`` and patches the pod's Ready and
-  ContainersReady conditions (and ``containerStatuses[].ready``) to match, so
-  model-load time shows as not Ready, like a kubelet readiness probe would;
+* follows the replica's ``/health`` and patches the pod's ContainersReady
+  condition and ``containerStatuses[].ready`` to match, and its Ready condition
+  as the kubelet computes it (containers ready and every readinessGate's
+  condition True), so model-load time shows as not Ready, like a kubelet
+  readiness probe would; the file-SD entry carries the pod's Ready as
+  ``__meta_kubernetes_pod_ready`` (what the load generator sends to, as a
+  Service's endpoints would);
 * stops the replica and removes its target when the pod is deleted, ends, or
   leaves the served namespaces, and restarts it (with back-off) when it exits.
 
@@ -143,21 +147,28 @@ def file_stem(key: tuple[str, str]) -> str:
     return f"{key[0]}_{key[1]}"
 
 
-def target_group(pod: Mapping[str, Any], host: str, port: int) -> list[dict[str, Any]]:
-    """The file-SD document for one replica."""
+#: The pod's Ready condition in a replica's file-SD entry, named as Prometheus' Kubernetes
+#: discovery names it. Labels starting with ``__`` are dropped after relabeling, so the
+#: scraped series keep their identity when it changes; the load generator reads it to send
+#: requests only where a Service would (its endpoints are the Ready pods).
+POD_READY_LABEL = "__meta_kubernetes_pod_ready"
+
+
+def target_group(
+    pod: Mapping[str, Any], host: str, port: int, ready: bool | None = None
+) -> list[dict[str, Any]]:
+    """The file-SD document for one replica (``ready``: the pod's Ready, when known)."""
     meta = pod["metadata"]
     labels = meta.get("labels") or {}
-    return [
-        {
-            "targets": [f"{host}:{port}"],
-            "labels": {
-                "namespace": str(meta["namespace"]),
-                "pod": str(meta["name"]),
-                "inference_service": str(labels.get(ISVC_LABEL, "")),
-                "revision": str(labels.get(REVISION_LABEL, "")),
-            },
-        }
-    ]
+    out: dict[str, str] = {
+        "namespace": str(meta["namespace"]),
+        "pod": str(meta["name"]),
+        "inference_service": str(labels.get(ISVC_LABEL, "")),
+        "revision": str(labels.get(REVISION_LABEL, "")),
+    }
+    if ready is not None:
+        out[POD_READY_LABEL] = "true" if ready else "false"
+    return [{"targets": [f"{host}:{port}"], "labels": out}]
 
 
 def listen_address(pod: Mapping[str, Any], container: str) -> tuple[str, int] | None:
@@ -230,29 +241,69 @@ def vllm_cpu_command(command: Sequence[str], model_dir: Path) -> list[str]:
     ]
 
 
-def ready_patch(pod: Mapping[str, Any], ready: bool, now: str) -> dict[str, Any] | None:
-    """The status patch that makes the pod's readiness ``ready``, or None when it already is.
+def gates_pending(pod: Mapping[str, Any]) -> list[str]:
+    """The pod's readinessGates whose condition is not True, each as the kubelet words it."""
+    conds = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
+    out: list[str] = []
+    for gate in (pod.get("spec") or {}).get("readinessGates") or []:
+        ctype = str(gate.get("conditionType"))
+        cond = conds.get(ctype)
+        if cond is None:
+            out.append(f'corresponding condition of pod readiness gate "{ctype}" does not exist.')
+        elif cond.get("status") != "True":
+            out.append(
+                f'the status of pod readiness gate "{ctype}" is not "True", '
+                f"but {cond.get('status')}"
+            )
+    return out
 
-    Conditions merge by type (strategic merge patch); ``containerStatuses`` is
-    replaced whole, so every entry is carried over with only ``ready`` changed.
+
+def pod_ready(pod: Mapping[str, Any], containers_ready: bool) -> bool:
+    """Ready as the kubelet computes it: containers ready and every readinessGate True."""
+    return containers_ready and not gates_pending(pod)
+
+
+def ready_patch(pod: Mapping[str, Any], ready: bool, now: str) -> dict[str, Any] | None:
+    """The status patch for containers whose readiness is ``ready``, or None when the pod
+    already says so.
+
+    As the kubelet does: ``containerStatuses[].ready`` and ContainersReady follow the
+    container, Ready also needs every readinessGate condition True (reason
+    ReadinessGatesNotReady otherwise). Conditions merge by type (strategic merge
+    patch); ``containerStatuses`` is replaced whole, so every entry is carried over
+    with only ``ready`` changed.
     """
     status = pod.get("status") or {}
-    want = "True" if ready else "False"
     conds = {c.get("type"): c for c in status.get("conditions") or []}
     statuses = list(status.get("containerStatuses") or [])
     names = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
+    pending = gates_pending(pod)
+    unready = (
+        "ContainersNotReady",
+        f"containers with unready status: [{' '.join(names)}]",
+    )
+    wanted = {
+        "ContainersReady": (ready, unready),
+        "Ready": (ready and not pending, unready if not ready else
+                  ("ReadinessGatesNotReady", "; ".join(pending))),
+    }  # fmt: skip
     patch_conds: list[dict[str, Any]] = []
     for ctype in ("Ready", "ContainersReady"):
-        if (conds.get(ctype) or {}).get("status") == want:
+        value, (reason, message) = wanted[ctype]
+        want = "True" if value else "False"
+        old = conds.get(ctype) or {}
+        # Same status: left alone, except a Ready=False that now waits for a gate says so.
+        if old.get("status") == want and (
+            value or reason != "ReadinessGatesNotReady" or old.get("reason") == reason
+        ):
             continue
-        entry: dict[str, Any] = {"type": ctype, "status": want, "lastTransitionTime": now}
-        if ready:
+        entry: dict[str, Any] = {"type": ctype, "status": want}
+        if old.get("status") != want:
+            entry["lastTransitionTime"] = now
+        if value:
             entry.update(reason=None, message=None)
         else:
-            entry.update(
-                reason="ContainersNotReady",
-                message=f"containers with unready status: [{' '.join(names)}]",
-            )
+            entry.update(reason=reason, message=message)
         patch_conds.append(entry)
     stale = [s for s in statuses if bool(s.get("ready")) != ready]
     if not patch_conds and not stale:
@@ -398,6 +449,8 @@ class _Replica:
     process: subprocess.Popen[bytes]
     healthy: bool = False
     failures: int = 0
+    #: the pod's Ready as its file-SD entry says it (None: not written yet)
+    listed_ready: bool | None = None
 
 
 @dataclass
@@ -793,18 +846,35 @@ class PodRunner:
                 self._pods[key] = pod
 
     def _sync_ready(self, key: tuple[str, str], pod: Mapping[str, Any], *, ready: bool) -> None:
+        """Patches the pod's readiness (containers ``ready``, Ready also waiting for its
+        readinessGates), then lists the replica for clients as the pod's Ready says."""
         body = ready_patch(pod, ready, _now_rfc3339())
-        if body is None:
+        if body is not None:
+            resp = self._core.patch_namespaced_pod_status(
+                key[1],
+                key[0],
+                body,
+                _content_type="application/strategic-merge-patch+json",
+                _preload_content=False,
+            )
+            self._remember(key, _body(resp))
+            log.info(
+                "Patched pod %s/%s containers ready=%s Ready=%s", *key, ready, pod_ready(pod, ready)
+            )
+        self._list_ready(key, pod, pod_ready(pod, ready))
+
+    def _list_ready(self, key: tuple[str, str], pod: Mapping[str, Any], ready: bool) -> None:
+        """Rewrites the replica's file-SD entry when the pod's Ready changes."""
+        with self._lock:
+            replica = self._replicas.get(key)
+        if replica is None or replica.listed_ready == ready:
             return
-        resp = self._core.patch_namespaced_pod_status(
-            key[1],
-            key[0],
-            body,
-            _content_type="application/strategic-merge-patch+json",
-            _preload_content=False,
+        info = replica.info
+        write_json_atomic(
+            self.paths.targets / f"{file_stem(key)}.json",
+            target_group(pod, info.host, info.port, ready=ready),
         )
-        self._remember(key, _body(resp))
-        log.info("Patched pod %s/%s Ready=%s", *key, ready)
+        replica.listed_ready = ready
 
     # -- replicas -------------------------------------------------------------
 
@@ -889,7 +959,11 @@ class PodRunner:
         with self._lock:
             self._replicas[key] = _Replica(info, process)
         write_json_atomic(self.paths.state / f"{stem}.json", info.to_json())
-        write_json_atomic(self.paths.targets / f"{stem}.json", target_group(pod, host, port))
+        write_json_atomic(
+            self.paths.targets / f"{stem}.json", target_group(pod, host, port, ready=False)
+        )
+        with self._lock:
+            self._replicas[key].listed_ready = False
         log.info(
             "Started replica pod=%s/%s engine=%s profile=%s node=%s address=%s:%d pid=%d",
             *key,

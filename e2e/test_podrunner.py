@@ -4,6 +4,7 @@ with the pod."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import math
@@ -262,6 +263,64 @@ NOW = "2026-01-01T00:00:00Z"
     ],
 )  # fmt: skip
 def test_ready_patch(pod: dict[str, Any], ready: bool, expected: dict[str, Any] | None) -> None:
+    assert ready_patch(pod, ready, NOW) == expected
+
+
+GATE = "kvpilot.io/quality-gate"
+
+
+def _gated(ready: bool, gate: str | None) -> dict[str, Any]:
+    """A pod with a readinessGate whose condition is ``gate`` (None: absent)."""
+    pod = copy.deepcopy(_with_status(ready))
+    pod["spec"] = {**pod["spec"], "readinessGates": [{"conditionType": GATE}]}
+    if gate is not None:
+        pod["status"]["conditions"].append({"type": GATE, "status": gate})
+    return pod
+
+
+MISSING = f'corresponding condition of pod readiness gate "{GATE}" does not exist.'
+NOT_TRUE = f'the status of pod readiness gate "{GATE}" is not "True", but False'
+
+
+@pytest.mark.parametrize(
+    ("pod", "ready", "expected"),
+    [
+        # The container turns ready, the gate has no condition yet: only ContainersReady.
+        (_gated(False, None), True, {"status": {
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady",
+                 "message": MISSING},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": NOW,
+                 "reason": None, "message": None},
+            ],
+            "containerStatuses": [{"name": "vllm", "ready": True, "restartCount": 0}],
+        }}),
+        # Ready (as the runner once set it) while the gate is False: taken back.
+        (_gated(True, "False"), True, {"status": {
+            "conditions": [
+                {"type": "Ready", "status": "False", "lastTransitionTime": NOW,
+                 "reason": "ReadinessGatesNotReady", "message": NOT_TRUE},
+            ],
+            "containerStatuses": [{"name": "vllm", "ready": True, "restartCount": 0}],
+        }}),
+        # The gate's condition turns True: now the pod is Ready.
+        (_gated(False, "True"), True, {"status": {
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": NOW,
+                 "reason": None, "message": None},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": NOW,
+                 "reason": None, "message": None},
+            ],
+            "containerStatuses": [{"name": "vllm", "ready": True, "restartCount": 0}],
+        }}),
+        (_gated(True, "True"), True, None),
+        # An unready container: not Ready whatever the gate says, as with the kubelet.
+        (_gated(False, "True"), False, None),
+    ],
+)  # fmt: skip
+def test_ready_patch_honours_readiness_gates(
+    pod: dict[str, Any], ready: bool, expected: dict[str, Any] | None
+) -> None:
     assert ready_patch(pod, ready, NOW) == expected
 
 

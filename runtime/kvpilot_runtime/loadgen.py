@@ -16,7 +16,9 @@ list of token ids (so every server sees exactly the requested prompt length)
 with ``max_tokens`` output tokens and ``ignore_eos``. The replicas are found
 in Prometheus' file-based discovery directory (what the e2e pod runner
 writes), filtered by namespace and inference service, and their ``/health`` is
-polled so only Ready replicas get requests; the set is refreshed while the
+polled so only Ready replicas get requests (an entry whose pod is listed as
+not Ready, ``__meta_kubernetes_pod_ready: "false"``, is left out, as a
+Service leaves it out of its endpoints); the set is refreshed while the
 load runs. Requests are balanced round-robin or to the replica with the fewest
 outstanding requests. Only loopback addresses are ever contacted.
 
@@ -282,11 +284,18 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+#: A file-SD entry's pod readiness (what the e2e pod runner writes, named as Prometheus'
+#: Kubernetes discovery names it); "false" keeps the replica out, as a Service's endpoints
+#: leave out pods that are not Ready (e.g. held by a readinessGate).
+POD_READY_LABEL = "__meta_kubernetes_pod_ready"
+
+
 def discover_targets(targets_dir: Path, namespace: str, service: str) -> list[Target]:
     """The replicas of ``namespace/service`` listed in a Prometheus file-SD directory.
 
     Files that are being written or are not valid JSON are skipped (the next
-    refresh sees them); so are targets that are not on loopback.
+    refresh sees them); so are targets that are not on loopback and those whose
+    pod is listed as not Ready.
     """
     out: list[Target] = []
     for path in sorted(targets_dir.glob("*.json")):
@@ -301,6 +310,8 @@ def discover_targets(targets_dir: Path, namespace: str, service: str) -> list[Ta
                 continue
             labels = group.get("labels") or {}
             if labels.get("namespace") != namespace or labels.get("inference_service") != service:
+                continue
+            if labels.get(POD_READY_LABEL) == "false":
                 continue
             for addr in group.get("targets") or []:
                 url = f"http://{addr}"

@@ -213,7 +213,18 @@ def test_discover_targets_filters_by_service_and_loopback(tmp_path: Path) -> Non
         "a_other.json": [group("a", "other", "o1", "127.0.0.1:1003")],
         "b_p1.json": [group("b", "svc", "p1", "127.0.0.1:1004")],
         "a_remote.json": [group("a", "svc", "r1", "10.0.0.1:8000")],
-    }
+        # A pod that is not Ready (e.g. held by a readinessGate) is not an endpoint.
+        "a_held.json": [
+            {**group("a", "svc", "h1", "127.0.0.1:1006"),
+             "labels": {"namespace": "a", "inference_service": "svc", "pod": "h1",
+                        "__meta_kubernetes_pod_ready": "false"}},
+        ],
+        "a_p0.json": [
+            {**group("a", "svc", "p0", "127.0.0.1:1000"),
+             "labels": {"namespace": "a", "inference_service": "svc", "pod": "p0",
+                        "__meta_kubernetes_pod_ready": "true"}},
+        ],
+    }  # fmt: skip
     for name, doc in files.items():
         (tmp_path / name).write_text(json.dumps(doc))
     (tmp_path / "broken.json").write_text("[{")
@@ -221,6 +232,7 @@ def test_discover_targets_filters_by_service_and_loopback(tmp_path: Path) -> Non
         json.dumps([group("a", "svc", "p3", "127.0.0.1:1005")])
     )
     assert discover_targets(tmp_path, "a", "svc") == [
+        Target("p0", "http://127.0.0.1:1000"),
         Target("p1", "http://127.0.0.1:1001"),
         Target("p2", "http://127.0.0.1:1002"),
     ]
