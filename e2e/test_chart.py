@@ -283,6 +283,45 @@ def test_node_patches_are_limited_to_the_reservation_taint(
         cluster.kube.run("uncordon", "h100-0", check=False)
 
 
+def test_pod_status_patches_are_limited_to_the_quality_gate_condition(
+    cluster: Cluster, sa_kubeconfig: Path
+) -> None:
+    """RBAC grants `patch pods/status` for the quality gate's readinessGate; the admission
+    policy lets the operator's identity set that condition and nothing else in a status."""
+    kube = cluster.kube
+    ns = new_namespace(kube, "chart-gate")
+    pod = "gated"
+    try:
+        made = kube.apply(json.dumps({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": ns},
+            "spec": {"containers": [{"name": "c", "image": "x"}],
+                     "readinessGates": [{"conditionType": "kvpilot.io/quality-gate"}]},
+        }))  # fmt: skip
+        assert made.returncode == 0, made.stderr
+
+        def condition_patch(ctype: str) -> subprocess.CompletedProcess[str]:
+            body = {"status": {"conditions": [{"type": ctype, "status": "True"}]}}
+            return as_sa(cluster, sa_kubeconfig, "patch", "pod", pod, "-n", ns,
+                         "--subresource=status", "--type=strategic", "-p", json.dumps(body))  # fmt: skip
+
+        refused = wait_for(
+            lambda: condition_patch("Ready"),
+            lambda p: p.returncode != 0,
+            timeout=30,
+            what="the admission policy in force for pods/status",
+        )
+        assert "denied request" in refused.stderr and "kvpilot.io/quality-gate" in refused.stderr
+        allowed = condition_patch("kvpilot.io/quality-gate")
+        assert allowed.returncode == 0, allowed.stderr
+        got = kube.get("pod", pod, ns)
+        assert got is not None
+        conds = {c["type"]: c["status"] for c in got["status"].get("conditions") or []}
+        assert conds.get("kvpilot.io/quality-gate") == "True" and conds.get("Ready") != "True"
+    finally:
+        kube.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
 def test_namespaced_mode_works_with_only_a_role(cluster: Cluster, release: str) -> None:
     """A second release serves one namespace: the Role there grants everything namespaced;
     the only cluster-wide grant is reading Nodes (the GPU inventory) and patching them

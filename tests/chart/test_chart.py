@@ -272,6 +272,7 @@ def test_rbac_grants_only_what_the_operator_uses(values: Path | None) -> None:
         ("", "services"): {"get", "list", "watch", "create", "patch"},
         ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
         ("", "pods"): {"get", "list", "watch", "patch"},
+        ("", "pods/status"): {"patch"},
         ("", "events"): {"create", "patch"},
         ("", "nodes"): {"get", "list", "watch", "patch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
@@ -324,15 +325,20 @@ def test_admission_policies_narrow_node_and_pod_patches() -> None:
         "kvpilot-kvpilot-system-nodes",
         "kvpilot-kvpilot-system-pods",
     ]
-    for policy, kind in zip(policies, ("nodes", "pods"), strict=True):
+    kinds = (["nodes"], ["pods", "pods/status"])
+    for policy, kind in zip(policies, kinds, strict=True):
         (cond,) = policy["spec"]["matchConditions"]
         assert cond["expression"] == (
             "request.userInfo.username == 'system:serviceaccount:kvpilot-system:kvpilot'"
         )
         (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
-        assert (rule["resources"], rule["operations"]) == ([kind], ["UPDATE"])
+        assert (rule["resources"], rule["operations"]) == (kind, ["UPDATE"])
         binding = one(docs, "ValidatingAdmissionPolicyBinding", policy["metadata"]["name"])
         assert binding["spec"]["validationActions"] == ["Deny"]
+    # pods/status: only the quality gate's condition may change.
+    status_rule = policies[1]["spec"]["validations"][1]["expression"]
+    assert "c.type != 'kvpilot.io/quality-gate'" in status_rule
+    assert "object.status.containerStatuses == oldObject.status.containerStatuses" in status_rule
     assert (
         by_kind(manifests({"rbac": {"admissionPolicy": False}}), "ValidatingAdmissionPolicy") == []
     )
