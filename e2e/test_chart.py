@@ -303,7 +303,8 @@ def test_pod_status_patches_are_limited_to_the_quality_gate_condition(
         def condition_patch(ctype: str) -> subprocess.CompletedProcess[str]:
             body = {"status": {"conditions": [{"type": ctype, "status": "True"}]}}
             return as_sa(cluster, sa_kubeconfig, "patch", "pod", pod, "-n", ns,
-                         "--subresource=status", "--type=strategic", "-p", json.dumps(body))  # fmt: skip
+                         "--subresource=status", "--type=strategic",
+                         "-p", json.dumps(body))  # fmt: skip
 
         refused = wait_for(
             lambda: condition_patch("Ready"),
