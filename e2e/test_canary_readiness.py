@@ -74,13 +74,16 @@ class CanaryWatch:
         self.first.setdefault(what, time.monotonic() - self.started)
 
     def sample(self) -> None:
+        # Listing and pods first, the record after: the operator records the verdict
+        # before it sets any pod's condition, so a pod admitted here has its record below.
+        listed = {t.name for t in discover_targets(self.cluster.layout.scrape_targets,
+                                                   self.ns, self.name)}  # fmt: skip
+        pods = pods_of(self.kube, self.ns, self.name)
         quality = revisions(self.kube, self.ns, self.name).get("quality") or {}
         if quality.get("revision") == self.revision:
             self.note("gate passed" if quality.get("passed") else "gate failed")
-        listed = {t.name for t in discover_targets(self.cluster.layout.scrape_targets,
-                                                   self.ns, self.name)}  # fmt: skip
         passed = "gate passed" in self.first
-        for pod in pods_of(self.kube, self.ns, self.name):
+        for pod in pods:
             if pod["metadata"]["labels"].get("kvpilot.io/revision") != self.revision:
                 continue
             name = pod["metadata"]["name"]
