@@ -124,6 +124,40 @@ def test_existing_object_of_the_same_name_is_never_adopted(kube: Kube, namespace
     wait_ready(kube, namespace, "clash", 1, timeout=90)
 
 
+@pytest.mark.usefixtures("operator")
+def test_a_taken_revision_deployment_name_is_never_adopted(kube: Kube, namespace: str) -> None:
+    """Each revision gets a Deployment `<service>-<revision>`; one of that name that kvpilot
+    does not own is left alone and named in Ready=False NameConflict."""
+    # The revision hashes the pod-relevant spec only: a twin service tells its name.
+    apply(kube, namespace, small("twin"))
+    wait_ready(kube, namespace, "twin", 1)
+    twin = service_deployment(kube, namespace, "twin")
+    assert twin is not None
+    revision = twin["spec"]["template"]["metadata"]["labels"]["kvpilot.io/revision"]
+    taken = f"taken-{revision}"
+    kube("create", "deployment", taken, "--image=busybox", "--replicas=0", "-n", namespace)
+    theirs = kube.get("deployment", taken, namespace)
+    assert theirs is not None
+    apply(kube, namespace, small("taken"))
+    obj = wait_for(
+        lambda: isvc(kube, namespace, "taken"),
+        lambda o: (condition(o, "Ready") or {}).get("reason") == "NameConflict",
+        timeout=60,
+        what="Ready=False NameConflict",
+    )
+    ready = condition(obj, "Ready")
+    assert ready is not None and ready["status"] == "False"
+    assert f"Deployment {namespace}/{taken}" in ready["message"]
+    after = kube.get("deployment", taken, namespace)
+    assert after is not None and after["metadata"].get("ownerReferences") is None
+    assert after["metadata"]["resourceVersion"] == theirs["metadata"]["resourceVersion"]
+    assert kube.get("service", "taken", namespace) is None
+
+    # Once it is gone, the InferenceService is served as usual.
+    kube("delete", "deployment", taken, "-n", namespace)
+    wait_ready(kube, namespace, "taken", 1, timeout=90)
+
+
 def test_deletion_never_waits_for_the_operator(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
