@@ -21,12 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
 
 from e2e.conftest import Cluster
 from e2e.helpers import GC_TIMEOUT, Kube, condition_true, service_deployment, wait_for
 from e2e.operator import OperatorProcess, running_operator, service_account_kubeconfig
+from kvpilot.controller.kube import ApiError
+from kvpilot.controller.kube import Kube as OperatorKube
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kvpilot"
@@ -300,21 +303,29 @@ def test_pod_status_patches_are_limited_to_the_quality_gate_condition(
         }))  # fmt: skip
         assert made.returncode == 0, made.stderr
 
-        def condition_patch(ctype: str) -> subprocess.CompletedProcess[str]:
-            body = {"status": {"conditions": [{"type": ctype, "status": "True"}]}}
-            return as_sa(cluster, sa_kubeconfig, "patch", "pod", pod, "-n", ns,
-                         "--subresource=status", "--type=strategic",
-                         "-p", json.dumps(body))  # fmt: skip
+        # The operator's own client and call (kubectl would GET pods/status first, which
+        # the operator neither does nor may).
+        cfg = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(str(sa_kubeconfig), client_configuration=cfg)
+        client = OperatorKube(cfg, retries=0)
+
+        def condition_patch(ctype: str) -> str:
+            # A new message each time: a patch that changes nothing would pass any policy.
+            cond = {"type": ctype, "status": "True", "message": uuid.uuid4().hex}
+            try:
+                client.patch_pod_condition(ns, pod, cond)
+            except ApiError as exc:
+                return exc.body
+            return ""
 
         refused = wait_for(
             lambda: condition_patch("Ready"),
-            lambda p: p.returncode != 0,
+            bool,
             timeout=30,
             what="the admission policy in force for pods/status",
         )
-        assert "denied request" in refused.stderr and "kvpilot.io/quality-gate" in refused.stderr
-        allowed = condition_patch("kvpilot.io/quality-gate")
-        assert allowed.returncode == 0, allowed.stderr
+        assert "denied request" in refused and "kvpilot.io/quality-gate" in refused, refused
+        assert condition_patch("kvpilot.io/quality-gate") == ""
         got = kube.get("pod", pod, ns)
         assert got is not None
         conds = {c["type"]: c["status"] for c in got["status"].get("conditions") or []}
