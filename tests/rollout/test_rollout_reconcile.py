@@ -12,7 +12,7 @@ from kvpilot.planning.memory import ServingConfig
 from kvpilot.planning.placement import ServicePlacement
 from kvpilot.planning.tp import ModelFits, fit_model
 from kvpilot.reconcile import Observation, plan_reconcile
-from kvpilot.reconcile.plan import target_deployment
+from kvpilot.reconcile.plan import target_revision
 from kvpilot.reconcile.rollout import capacity_annotations
 from kvpilot.resources import build_deployment, render_plan
 from kvpilot.resources.deployment import QUALITY_GATE_CONDITION
@@ -241,10 +241,11 @@ def test_the_canary_is_admitted_once_its_gate_passed_and_not_before() -> None:
     assert passed.status is not None and passed.status["revisions"]["quality"] == record
 
 
-def test_target_deployment_is_the_name_the_reconcile_creates() -> None:
+def test_target_revision_is_the_one_the_reconcile_creates() -> None:
     obs = observe(AWQ, [], [])
     plan = plan_reconcile(obs)
     dep = next(o for o in plan.apply if o["kind"] == "Deployment")
     assert obs.isvc is not None
-    assert target_deployment(obs.isvc, obs.placement, obs.gpu_product) == dep["metadata"]["name"]
-    assert target_deployment(obs.isvc, None, None) is None
+    rev = target_revision(obs.isvc, obs.placement, obs.gpu_product)
+    assert rev == plan.revision and dep["metadata"]["name"] == f"x-{rev}"
+    assert target_revision(obs.isvc, None, None) is None

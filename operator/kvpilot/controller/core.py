@@ -52,11 +52,11 @@ from kvpilot.reconcile.moves import (
     taint_writes,
     with_reservation,
 )
-from kvpilot.reconcile.plan import target_deployment
+from kvpilot.reconcile.plan import target_revision
 from kvpilot.reconcile.quality import gate_due, quality_config, quality_record, recorded
 from kvpilot.reconcile.rollout import equivalent_ready, live_revisions
 from kvpilot.reconcile.status import changed_fields, now_iso
-from kvpilot.resources.deployment import QUALITY_GATE_CONDITION
+from kvpilot.resources.deployment import QUALITY_GATE_CONDITION, deployment_name
 from kvpilot.resources.labels import INFERENCE_SERVICE
 from kvpilot.rollout.analysis import AnalysisStep
 
@@ -472,10 +472,13 @@ class Controller:
         children, foreign = self._children(
             ns, name, uid, check_missing=placement is not None and placement.option is not None
         )
-        taken = self._foreign_deployment(ns, uid, target_deployment(isvc, placement, product))
-        if taken is not None:
-            foreign["Deployment"] = taken
         deployments = tuple(self._deployments_of(ns, name, uid))
+        rev = target_revision(isvc, placement, product)
+        # A revision with an owned Deployment (one taken over has another name) needs no check.
+        if rev is not None and rev not in live_revisions(deployments):
+            taken = self._foreign_deployment(ns, uid, deployment_name(name, rev))
+            if taken is not None:
+                foreign["Deployment"] = taken
         analysis = self._analyse(body, isvc, deployments)
         pods = tuple(self._pods_of(ns, name))
         return Observation(
@@ -620,11 +623,9 @@ class Controller:
             and ((p.get("metadata") or {}).get("labels") or {}).get(INFERENCE_SERVICE) == name
         ]
 
-    def _foreign_deployment(self, ns: str, uid: str, dep_name: str | None) -> str | None:
+    def _foreign_deployment(self, ns: str, uid: str, dep_name: str) -> str | None:
         """`dep_name` when a Deployment of that name exists that this service does not own
         (never applied over: server-side apply would take it over)."""
-        if dep_name is None:
-            return None
         obj = self.view.get("Deployment", ns, dep_name)
         if obj is None:
             obj = self.kube.get("apps/v1", "Deployment", ns, dep_name)

@@ -335,21 +335,21 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
     )
 
 
-def target_deployment(
+def target_revision(
     isvc: InferenceService, placement: ServicePlacement | None, gpu_product: str | None
 ) -> str | None:
-    """The name of the Deployment the spec's revision gets, once the pool plan placed it
-    (what the reconcile will create: the controller checks that nobody else holds it)."""
+    """The revision the spec asks for, once the pool plan placed it: its Deployment
+    (`<service>-<revision>`) is what the reconcile creates, so the controller checks that
+    nobody else holds that name."""
     if placement is None or placement.option is None:
         return None
     option = placement.option
-    revision = compute_revision(
+    return compute_revision(
         isvc.spec,
         tensor_parallel=option.tensor_parallel,
         gpus_per_replica=option.gpus_per_replica,
         gpu_product=gpu_product or option.gpu_type,
     )
-    return deployment_name(isvc.name, revision)
 
 
 def quality_gated(
