@@ -312,6 +312,20 @@ PASS_NOTE = "token agreement 1.000"
             [],
         ),
         (
+            "a rolled-back revision rolled out again (abort cleared) waits like any canary",
+            True,
+            {"stable": "s1", "canary": "c1", "failed": {"revision": "c1"}},
+            [gated("c-a", "c1")],
+            [],
+        ),
+        (
+            "... and is admitted by its pass",
+            True,
+            {"stable": "s1", "canary": "c1", "failed": {"revision": "c1"}, "quality": PASSED},
+            [gated("c-a", "c1")],
+            [("c-a", "QualityGatePassed", PASS_NOTE)],
+        ),
+        (
             "already True: nothing to write",
             True,
             {**WAITING, "quality": PASSED},

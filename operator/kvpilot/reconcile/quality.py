@@ -124,7 +124,8 @@ def admissions(
     """The gated pods whose condition to set True now, derived from status alone.
 
     Every pod with the readinessGate is admitted unless its revision is the canary
-    still waiting for (or failed by) its gate, or the revision rolled back: the stable
+    still waiting for (or failed by) its gate, or the revision rolled back (and not
+    rolled out again, as after an abort is cleared): the stable
     revision (the first one, or a canary promoted after its gate passed), a canary whose
     gate passed (pods it scales to later included) and any revision rolled out while the
     gate was on but no longer under it. Nothing is counted or stored, so a restarted
@@ -143,22 +144,18 @@ def admissions(
         if cond is not None and cond.get("status") == "True":
             continue
         rev = (meta.get("labels") or {}).get(REVISION)
-        if not rev or rev == failed:
+        name = str(meta.get("name"))
+        passed = rec.get("revision") == rev and rec.get("passed") is True
+        if not rev or (rev == canary and enabled and not passed):
             continue
-        if rec.get("revision") == rev and rec.get("passed") is True:
-            admit = Admission(
-                str(meta.get("name")), "QualityGatePassed", str(rec.get("message") or "")
-            )
+        if rev != canary and rev == failed:
+            continue  # rolled back; a canary again (abort cleared) follows the canary rule
+        if passed:
+            out.append(Admission(name, "QualityGatePassed", str(rec.get("message") or "")))
         elif rev == stable:
-            admit = Admission(
-                str(meta.get("name")), "StableRevision", f"{rev} is the stable revision"
-            )
-        elif rev == canary and enabled:
-            continue
+            out.append(Admission(name, "StableRevision", f"{rev} is the stable revision"))
         else:
-            admit = Admission(
-                str(meta.get("name")), "QualityGateNotRequired",
-                f"{rev} is not under the quality gate",
-            )  # fmt: skip
-        out.append(admit)
+            out.append(
+                Admission(name, "QualityGateNotRequired", f"{rev} is not under the quality gate")
+            )
     return tuple(sorted(out, key=lambda a: a.pod))
