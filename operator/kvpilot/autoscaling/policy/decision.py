@@ -162,9 +162,7 @@ def _scale(
         rec=rec,
         panic=choice.panic,
         manual_left=sit.manual_left,
-        burst_left=config.scale_down.burst_hold()
-        if burst or state.bursting
-        else _burst_left(config, state, now),
+        burst_left=_burst_left(config, state, now, bursting=burst or state.bursting),
         reporting=ev.reporting,
         ready=inp.ready_replicas,
     )
@@ -209,11 +207,17 @@ def _saturated(config: PolicyConfig, ev: Evaluation) -> bool:
     return ev.panic.waiting_per_replica > target
 
 
-def _burst_left(config: PolicyConfig, state: PolicyState, now: float) -> float | None:
-    """Seconds scale-down still waits after the last burst ended; None: none."""
+def _burst_left(
+    config: PolicyConfig, state: PolicyState, now: float, *, bursting: bool
+) -> float | None:
+    """Seconds scale-down still waits: the whole hold while a burst lasts, then what is
+    left of it after the burst ended; None when nothing holds (or the hold is 0)."""
+    hold = config.scale_down.burst_hold()
+    if bursting:
+        return hold if hold > 0 else None
     if state.burst_at is None:
         return None
-    left = config.scale_down.burst_hold() - (now - state.burst_at)
+    left = hold - (now - state.burst_at)
     return left if left > 0 else None
 
 
