@@ -49,6 +49,7 @@ PROMPT, OUTPUT = 256, 32
 RAMP = (Segment(20.0, 0.3, 3.0), Segment(600.0, 3.0, 3.0))
 SCALE_DOWN_WINDOW_S = 15
 SCALE_DOWN_PERIOD_S = 5
+BURST_HOLD_S = 20
 
 SCALING: dict[str, Any] = {
     "minReplicas": 1,
@@ -62,6 +63,9 @@ SCALING: dict[str, Any] = {
         "stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S,
         "maxReplicasPerStep": 1,
         "periodSeconds": SCALE_DOWN_PERIOD_S,
+        # The plateau queues at maxReplicas (a burst): keep the hold after it short, so
+        # that scale-down after the outage still follows the window.
+        "burstHoldSeconds": BURST_HOLD_S,
     },
     "coldStartGraceSeconds": 30,
     "maxMetricAgeSeconds": 10,

@@ -184,7 +184,7 @@ def test_scaling_descriptions_name_the_built_in_policy() -> None:
                           node["description"])  # fmt: skip
         named[path] = found.group(1) if found else None
         expected[path] = _policy_default(path)
-    assert len(named) == 21  # every knob of PolicyConfig but the bounds
+    assert len(named) == 22  # every knob of PolicyConfig but the bounds
     assert named == expected
 
 

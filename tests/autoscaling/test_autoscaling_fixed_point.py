@@ -365,8 +365,9 @@ def test_overload_at_max_replicas_then_idle() -> None:
     """Panic re-triggers on every tick of an overload at maxReplicas; the state only says
     that it still holds, so the hold runs a stable window from the first decision without
     the trigger (one decision later than from the last one with it, which is not dated),
-    and scale-down then waits out the window of the panic-era recommendations."""
-    config = CONFIG.with_overrides({"maxReplicas": 3})
+    and scale-down then waits out the window of the panic-era recommendations (the hold
+    after a burst is off here; `test_burst_hold_then_idle` has it)."""
+    config = CONFIG.with_overrides({"maxReplicas": 3, "scaleDown": {"burstHoldSeconds": 0}})
     overload = Load(running=48, waiting=200, kv=3.0)
     state, spec, changes = PolicyState(), 3, []
     for k in range(100):
@@ -391,3 +392,31 @@ def test_overload_at_max_replicas_then_idle() -> None:
             changes.append((at - 600, spec, d.desired_replicas))
         state, spec = d.state, d.desired_replicas
     assert changes == [(480, 3, 2), (540, 2, 1)]
+
+
+def test_burst_hold_then_idle() -> None:
+    """An overload at maxReplicas is a burst: the state stays put while it lasts
+    (``bursting``), the burst is dated by the first decision without it, and no
+    replica is removed until ``burstHoldSeconds`` after that."""
+    config = CONFIG.with_overrides({"maxReplicas": 3, "scaleDown": {"burstHoldSeconds": 900}})
+    overload = Load(running=48, waiting=200, kv=3.0)
+    state, spec, changes = PolicyState(), 3, []
+    for k in range(140):
+        at = STEP * k
+        d = decide(
+            config,
+            state,
+            PolicyInput(
+                now=T0 + at,
+                metrics=(overload if k < 40 else IDLE).window(spec, T0 + at),
+                spec_replicas=spec,
+                ready_replicas=spec,
+            ),
+        )
+        if k in (20, 39):
+            assert (d.state.bursting, d.state == state) == (True, True)
+        if d.desired_replicas != spec:
+            changes.append((at - 600, spec, d.desired_replicas))
+        state, spec = d.state, d.desired_replicas
+    # The first idle decision ends the burst; one is removed 900 s later, then one a period.
+    assert changes == [(900, 3, 2), (960, 2, 1)]

@@ -701,6 +701,7 @@ def test_config_accepts_the_crd_spelling() -> None:
             "stabilization_window_seconds": 300.0,
             "max_replicas_per_step": 2,
             "period_seconds": 60.0,
+            "burst_hold_seconds": None,
         },
         "scale_to_zero": {"enabled": True, "idle_seconds": 900.0},
         "max_metric_age_seconds": 60.0,
@@ -758,6 +759,7 @@ def test_overrides_merge_into_an_operator_wide_policy() -> None:
             "stabilization_window_seconds": 600.0,
             "max_replicas_per_step": 2,
             "period_seconds": 120.0,
+            "burst_hold_seconds": None,
         },
         {
             "queue_depth_per_replica": 6.0,

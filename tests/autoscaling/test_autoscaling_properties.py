@@ -353,6 +353,8 @@ pairs = st.lists(st.tuples(times, st.integers(-20, 20)), max_size=6)
         last_decision_at=st.one_of(st.none(), times),
         settled=st.booleans(),
         panic_triggered=st.booleans(),
+        burst_at=st.one_of(st.none(), times),
+        bursting=st.booleans(),
     )
 )
 def test_any_state_round_trips(state: PolicyState) -> None:
@@ -381,6 +383,8 @@ state_keys = st.sampled_from(
         "lastDecisionAt",
         "settled",
         "panicTriggered",
+        "burstAt",
+        "bursting",
     ]
 )
 

@@ -32,6 +32,7 @@ from kvpilot.autoscaling.policy import PolicyConfig, PolicyState
 from kvpilot.autoscaling.source import MetricsResult, MetricsUnavailable, MetricsWindow
 
 CONFIG = PolicyConfig(min_replicas=1, max_replicas=16)
+NO_BURST_HOLD = CONFIG.with_overrides({"scaleDown": {"burstHoldSeconds": 0}})
 Change = tuple[float, int, int, str, bool]
 
 
@@ -49,8 +50,9 @@ class Scenario:
 SCENARIOS = [
     Scenario(
         # 0.5 -> 4 requests/s: 5 replicas keep up, 7 hold the KV target. Panic mode adds
-        # replicas from the arrival rate within 15 s of the step, then 8 for 5 minutes
-        # to drain the backlog built during the cold start, then back to 7.
+        # replicas from the arrival rate within 15 s of the step, then 8 to drain the
+        # backlog built during the cold start. That queue was a burst: the 8 are held for
+        # burstHoldSeconds (1800 s) after it, past the end of the run.
         "burst",
         step(300, 0.5, 4.0),
         1500,
@@ -61,7 +63,6 @@ SCENARIOS = [
             (360, 4, 5, "queue", True),
             (435, 5, 6, "queue", True),
             (555, 6, 8, "queue", False),
-            (1275, 8, 7, "kvCache", False),
         ],
     ),
     Scenario(
@@ -81,7 +82,7 @@ SCENARIOS = [
     ),
     Scenario(
         # Load stops at 900 s; scale-down starts only after the 300 s window and then
-        # removes one replica per minute.
+        # removes one replica per minute (without the hold after a burst).
         "pulse then idle",
         pulse(300, 900, 0.3, 3.0),
         2400,
@@ -96,6 +97,26 @@ SCENARIOS = [
             (1350, 4, 3, "kvCache", False),
             (1410, 3, 2, "kvCache", False),
             (1470, 2, 1, "kvCache", False),
+        ],
+        config=NO_BURST_HOLD,
+    ),
+    Scenario(
+        # The same with the default hold: the queue of the first minutes was a burst
+        # (it ended at 780 s), so nothing is removed before 780 + 1800 s.
+        "pulse then idle, held after the burst",
+        pulse(300, 900, 0.3, 3.0),
+        3000,
+        [
+            (315, 1, 2, "queue", True),
+            (330, 2, 3, "queue", True),
+            (360, 3, 4, "queue", True),
+            (450, 4, 5, "queue", True),
+            (570, 5, 6, "queue", False),
+            (2580, 6, 5, "kvCache", False),
+            (2640, 5, 4, "kvCache", False),
+            (2700, 4, 3, "kvCache", False),
+            (2760, 3, 2, "kvCache", False),
+            (2820, 2, 1, "kvCache", False),
         ],
     ),
     Scenario(
@@ -132,8 +153,6 @@ SCENARIOS = [
             (540, 10, 11, "queue", True),
             (585, 11, 12, "queue", True),
             (630, 12, 13, "queue", True),
-            (1395, 13, 12, "kvCache", False),
-            (1455, 12, 11, "kvCache", False),
         ],
         config=CONFIG.model_copy(update={"cold_start_grace_seconds": 0}),
         model=FleetModel(cold_start_seconds=300),
@@ -163,12 +182,12 @@ SCENARIOS = [
             (360, 3, 4, "queue", True),
             (450, 4, 5, "queue", True),
             (570, 5, 6, "queue", False),
-            (1230, 6, 5, "kvCache", False),
-            (1290, 5, 4, "kvCache", False),
-            (1350, 4, 3, "kvCache", False),
-            (1410, 3, 2, "kvCache", False),
-            (1470, 2, 1, "kvCache", False),
-            (1860, 1, 0, "kvCache", False),
+            (2580, 6, 5, "kvCache", False),
+            (2640, 5, 4, "kvCache", False),
+            (2700, 4, 3, "kvCache", False),
+            (2760, 3, 2, "kvCache", False),
+            (2820, 2, 1, "kvCache", False),
+            (2880, 1, 0, "kvCache", False),
         ],
         config=PolicyConfig.model_validate(
             {"minReplicas": 0, "maxReplicas": 16, "scaleToZero": {"enabled": True}}
@@ -183,11 +202,11 @@ SCENARIOS = [
             (360, 3, 4, "queue", True),
             (450, 4, 5, "queue", True),
             (570, 5, 6, "queue", False),
-            (1230, 6, 5, "kvCache", False),
-            (1290, 5, 4, "kvCache", False),
-            (1350, 4, 3, "kvCache", False),
-            (1410, 3, 2, "kvCache", False),
-            (1470, 2, 1, "kvCache", False),
+            (2580, 6, 5, "kvCache", False),
+            (2640, 5, 4, "kvCache", False),
+            (2700, 4, 3, "kvCache", False),
+            (2760, 3, 2, "kvCache", False),
+            (2820, 2, 1, "kvCache", False),
         ],
         config=PolicyConfig(min_replicas=0, max_replicas=16),
     ),
@@ -350,7 +369,8 @@ def test_prometheus_outage_holds_replicas() -> None:
     """Load stops at 900 s while Prometheus is down from 1000 s to 1600 s.
 
     Replicas are held through the outage (fail-static), and scale-down starts only
-    a full window after metrics are back, however idle the fleet was meanwhile.
+    a full window after metrics are back, however idle the fleet was meanwhile (the
+    hold after a burst is off, so that the window is what is measured).
     """
 
     def outage(t: float, window: MetricsWindow) -> MetricsResult:
@@ -358,7 +378,7 @@ def test_prometheus_outage_holds_replicas() -> None:
             return MetricsUnavailable("Prometheus query for waiting failed: cannot connect")
         return window
 
-    ticks = run(CONFIG, pulse(300, 900, 0.3, 3.0), 2400, metrics_hook=outage)
+    ticks = run(NO_BURST_HOLD, pulse(300, 900, 0.3, 3.0), 2400, metrics_hook=outage)
     held = [x for x in ticks if 1000 <= x.t < 1600]
     assert {(x.spec, x.decision.desired_replicas, x.decision.fail_static) for x in held} == {
         (6, 6, True)

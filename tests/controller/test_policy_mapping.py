@@ -44,7 +44,7 @@ def test_every_knob_reaches_the_policy() -> None:
         "forecastSeconds": 90,
         "scaleUp": {"stabilizationWindowSeconds": 10, "maxReplicasPerStep": 2, "periodSeconds": 30},
         "scaleDown": {"stabilizationWindowSeconds": 90, "maxReplicasPerStep": 3,
-                      "periodSeconds": 20},
+                      "periodSeconds": 20, "burstHoldSeconds": 600},
         "scaleToZero": {"enabled": True, "idleSeconds": 900},
         "coldStartGraceSeconds": 240,
         "manualOverrideSeconds": 60,

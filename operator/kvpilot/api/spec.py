@@ -569,6 +569,14 @@ class ScaleDownRules(KvModel):
         le=1800,
         description="Period of maxReplicasPerStep. Default (operator-wide policy): 60.",
     )
+    burst_hold_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="After a burst (panic mode, or a queue over its target in the panic "
+        "window), do not scale down for this long. Default (operator-wide policy): none "
+        "(six scale-down stabilization windows: 1800 with the default window).",
+    )
 
 
 class ScaleToZero(KvModel):

@@ -36,6 +36,7 @@ DEFAULT_SPACE: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("targets.queueDepthPerReplica", (1.0, 2.0, 4.0, 8.0)),
     ("targets.timeToFirstTokenSeconds", (None, "0.5slo", "0.8slo")),
     ("scaleDown.stabilizationWindowSeconds", (60.0, 150.0, 300.0, 600.0)),
+    ("scaleDown.burstHoldSeconds", (None, 0.0, 900.0, 2400.0)),
     ("stableWindowSeconds", (60.0, 120.0, 180.0, 300.0)),
     ("panicThreshold", (1.5, 2.0, 3.0)),
 )

@@ -55,7 +55,11 @@ How one decision is made (docs/autoscaling.md has the long form):
    recommendation of the scale-up window, down to the highest of the
    scale-down window (300 s). Scale-down also needs a full scale-down window
    of valid metrics since the last gap (fail-static, manual change, restart
-   without state) and every Ready replica reporting.
+   without state), every Ready replica reporting, and no burst (panic
+   triggered, or the panic window's queue over its target plus tolerance)
+   within ``scaleDown.burstHoldSeconds`` (six scale-down windows by default):
+   bursts recur, and a replica removed between two is a cold start late for
+   the next.
 5. Rate limits: at most ``maxReplicasPerStep`` added (removed) per
    ``periodSeconds``. Then min/max bounds, which win over everything.
 

@@ -53,6 +53,11 @@ class ScaleUpRules(_Knobs):
     period_seconds: float = Field(60.0, gt=0)
 
 
+BURST_HOLD_WINDOWS = 6.0
+"""The default hold after a burst, in scale-down windows: bursty traffic (the Azure code
+trace) comes back within half an hour, and a smooth load never starts the hold."""
+
+
 class ScaleDownRules(_Knobs):
     """Scale-down behaviour: wait out the window, then remove one replica per period."""
 
@@ -60,6 +65,16 @@ class ScaleDownRules(_Knobs):
     max_replicas_per_step: int | None = Field(1, ge=1)
     """None: no limit."""
     period_seconds: float = Field(60.0, gt=0)
+    burst_hold_seconds: float | None = Field(None, ge=0)
+    """After a burst (panic triggered, or a queue over its target in the panic window),
+    no scale-down for this long: bursts recur, and a replica given back before the next
+    one is a cold start late. None: ``BURST_HOLD_WINDOWS`` scale-down windows (1800 s)."""
+
+    def burst_hold(self) -> float:
+        """The hold after a burst in seconds (``burstHoldSeconds`` or its default)."""
+        if self.burst_hold_seconds is not None:
+            return self.burst_hold_seconds
+        return BURST_HOLD_WINDOWS * self.stabilization_window_seconds
 
 
 class ScaleToZero(_Knobs):

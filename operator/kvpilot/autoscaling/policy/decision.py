@@ -75,6 +75,8 @@ def _adopted(state: PolicyState, inp: PolicyInput) -> PolicyState:
         return state
     return replace(
         state.cleared(),
+        burst_at=None,
+        bursting=False,
         manual_at=inp.now,
         cold_start_at=inp.now if spec > last else state.cold_start_at,
     )
@@ -143,6 +145,7 @@ def _scale(
     )
     rec = choice.best.replicas
     state = state.recorded(now, rec)
+    burst = choice.triggered or _saturated(config, ev)
 
     holds: list[Hold] = []
     if choice.cold_capped:
@@ -159,6 +162,7 @@ def _scale(
         rec=rec,
         panic=choice.panic,
         manual_left=sit.manual_left,
+        burst_left=_burst_left(config, state, now, bursting=burst or state.bursting),
         reporting=ev.reporting,
         ready=inp.ready_replicas,
     )
@@ -174,7 +178,7 @@ def _scale(
 
     window = f"{choice.window} window, panic mode" if choice.panic else f"{choice.window} window"
     next_state = _next_state(
-        carried, state, choice, now=now, idle_since=idle_since, settled=settled
+        carried, state, choice, now=now, idle_since=idle_since, settled=settled, burst=burst
     ).after_change(now, spec, desired)
     return Decision(
         desired_replicas=desired,
@@ -197,6 +201,26 @@ def _scale(
     )
 
 
+def _saturated(config: PolicyConfig, ev: Evaluation) -> bool:
+    """A queue over its target in the panic window: demand outran the replicas."""
+    target = config.targets.queue_depth_per_replica * (1 + config.tolerance)
+    return ev.panic.waiting_per_replica > target
+
+
+def _burst_left(
+    config: PolicyConfig, state: PolicyState, now: float, *, bursting: bool
+) -> float | None:
+    """Seconds scale-down still waits: the whole hold while a burst lasts, then what is
+    left of it after the burst ended; None when nothing holds (or the hold is 0)."""
+    hold = config.scale_down.burst_hold()
+    if bursting:
+        return hold if hold > 0 else None
+    if state.burst_at is None:
+        return None
+    left = hold - (now - state.burst_at)
+    return left if left > 0 else None
+
+
 def _next_state(
     carried: PolicyState,
     state: PolicyState,
@@ -205,11 +229,15 @@ def _next_state(
     now: float,
     idle_since: float | None,
     settled: bool,
+    burst: bool,
 ) -> PolicyState:
     """The state after a decision on usable metrics, before the change is applied."""
     last_trigger = now if state.panic_triggered else state.panic_last_trigger_at
     out = replace(
         state,
+        # A burst is dated when it ends, so one that lasts leaves the state as it is.
+        bursting=burst,
+        burst_at=now if state.bursting and not burst else state.burst_at,
         idle_since=idle_since,
         panic_last_trigger_at=(now if choice.triggered else last_trigger) if choice.panic else None,
         panic_triggered=False,

@@ -25,8 +25,12 @@ def stabilised(
     manual_left: float | None,
     reporting: int,
     ready: int,
+    burst_left: float | None = None,
 ) -> tuple[int, list[Hold]]:
-    """The target before rate limits and bounds; ``state`` has this decision recorded."""
+    """The target before rate limits and bounds; ``state`` has this decision recorded.
+
+    ``burst_left``: seconds the hold after a burst still forbids scaling down.
+    """
     if manual_left is not None:
         note = f"manual scale to {spec} is held for {manual_left:.0f}s more (recommendation {rec})"
         return spec, [Hold(Constraint.MANUAL_OVERRIDE, note)]
@@ -41,6 +45,10 @@ def stabilised(
             note = f"lowest recommendation in the {up_window:g}s scale-up window is {up_rec}"
             return up_rec, [Hold(Constraint.STABILIZATION, note)]
         return up_rec, []
+    if down_rec < spec and burst_left is not None:
+        note = f"a burst {config.scale_down.burst_hold() - burst_left:.0f}s ago holds "
+        note += f"replicas for {burst_left:.0f}s more (recommendation {rec})"
+        return spec, [Hold(Constraint.STABILIZATION, note)]
     if down_rec < spec:
         return _scale_down(
             down_window,

@@ -83,6 +83,10 @@ class PolicyState:
     left no time (an overload at maxReplicas re-triggers on every tick);
     ``panic_last_trigger_at`` is then an earlier trigger, and panic mode lasts a
     stable window from the first decision that no longer sees the condition.
+    ``bursting``: the last decision saw a burst (panic triggered, or a queue over its
+    target in the panic window); ``burst_at``: when the last burst ended (the first
+    decision that no longer saw it). Scale-down waits while bursting and
+    ``scaleDown.burstHoldSeconds`` after ``burst_at``.
     """
 
     last_applied: int | None = None
@@ -97,6 +101,8 @@ class PolicyState:
     last_decision_at: float | None = None
     settled: bool = False
     panic_triggered: bool = False
+    burst_at: float | None = None
+    bursting: bool = False
 
     _VERSION: ClassVar[int] = 2
 
@@ -117,6 +123,7 @@ class PolicyState:
             ("manualAt", self.manual_at),
             ("idleSince", self.idle_since),
             ("lastDecisionAt", self.last_decision_at),
+            ("burstAt", self.burst_at),
         ):
             if value is not None:
                 out[key] = _t(value)
@@ -124,6 +131,8 @@ class PolicyState:
             out["settled"] = True
         if self.panic_triggered:
             out["panicTriggered"] = True
+        if self.bursting:
+            out["bursting"] = True
         return out
 
     @classmethod
@@ -144,7 +153,12 @@ class PolicyState:
         if any(b[0] < a[0] for a, b in pairwise(history)):
             raise ValueError("history: times must not go backwards")
         settled, triggered = data.get("settled", False), data.get("panicTriggered", False)
-        for key, flag in (("settled", settled), ("panicTriggered", triggered)):
+        bursting = data.get("bursting", False)
+        for key, flag in (
+            ("settled", settled),
+            ("panicTriggered", triggered),
+            ("bursting", bursting),
+        ):
             if not isinstance(flag, bool):
                 raise ValueError(f"{key}: expected true or false, got {flag!r}")
         last_decision_at = _opt_time(data.get("lastDecisionAt"), "lastDecisionAt")
@@ -164,6 +178,8 @@ class PolicyState:
             last_decision_at=last_decision_at,
             settled=settled,
             panic_triggered=triggered,
+            burst_at=_opt_time(data.get("burstAt"), "burstAt"),
+            bursting=bursting,
         )
 
     @classmethod
@@ -206,14 +222,19 @@ class PolicyState:
             config.scale_down.stabilization_window_seconds,
         )
         keep_events = max(config.scale_up.period_seconds, config.scale_down.period_seconds)
+        burst_at = self.burst_at
+        if burst_at is not None and now - burst_at >= config.scale_down.burst_hold():
+            burst_at = None
         return replace(
             self,
+            burst_at=burst_at,
             history=self.history[self._boundary(start) :],
             scale_events=tuple((t, d) for t, d in self.scale_events if t > now - keep_events),
         )
 
     def cleared(self) -> PolicyState:
-        """Forget the windows and modes (after a gap in usable decisions)."""
+        """Forget the windows and modes (after a gap in usable decisions); a burst is
+        still remembered."""
         return replace(
             self,
             history=(),
