@@ -109,8 +109,9 @@ async def _stream(
     *,
     max_tokens: int,
     progress: asyncio.Queue[int] | None = None,
+    tag: int = 1,
 ) -> None:
-    """One streamed request; puts 1 on ``progress`` for every chunk received."""
+    """One streamed request; puts ``tag`` on ``progress`` for every chunk received."""
     body = {
         "model": model,
         "prompt": list(prompt),
@@ -126,7 +127,7 @@ async def _stream(
         async for raw in resp.content:
             line = raw.decode().strip()
             if line.startswith("data:") and line[5:].strip() != "[DONE]" and progress:
-                progress.put_nowait(1)
+                progress.put_nowait(tag)
 
 
 async def _mixed_round(
@@ -172,6 +173,48 @@ async def _mixed_round(
     return after[fam][0] - before[fam][0]
 
 
+async def _decode_round(
+    url: str, model: str, conc: int, plen: int, *, max_tokens: int, seed: int
+) -> tuple[float, float]:
+    """(sum, count) of the server's inter-token latencies of decode steps of ``conc`` sequences.
+
+    The ``conc`` requests are sent together, but vLLM may prefill them in
+    different steps; a token that waited for another sequence's prefill step
+    would count a prefill as an inter-token gap (a 192-token prompt is a
+    second-long step on a CPU without AVX-512 BF16, so a few such gaps double
+    the mean). The histogram is read once every sequence has streamed two
+    tokens, so only steps after the last prefill count.
+    """
+    import aiohttp
+
+    rng = random.Random(seed)
+    fam = "vllm:inter_token_latency_seconds"
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        progress: asyncio.Queue[int] = asyncio.Queue()
+        streams = [
+            asyncio.create_task(
+                _stream(
+                    session,
+                    url,
+                    model,
+                    [rng.randrange(2, 400) for _ in range(plen)],
+                    max_tokens=max_tokens,
+                    progress=progress,
+                    tag=i,
+                )
+            )
+            for i in range(conc)
+        ]
+        seen = [0] * conc
+        while min(seen) < 2:
+            seen[await progress.get()] += 1
+        before = await _sums(session, url)
+        await asyncio.gather(*streams)
+        after = await _sums(session, url)
+    return after[fam][0] - before[fam][0], after[fam][1] - before[fam][1]
+
+
 async def measure_mixed(
     url: str, model: str, repeats: int = 3, points: Sequence[tuple[int, int, int]] = MIXED_POINTS
 ) -> list[Measurement]:
@@ -202,18 +245,19 @@ async def measure(
     for conc in (1, 2, 4, 1):
         plen = 16 if conc > 1 else (176 if quick else 512)
         await _round(url, model, conc, plen, max_tokens=8 if quick else 16, seed=conc)
-    fam = "vllm:inter_token_latency_seconds"
     tokens = QUICK_DECODE_TOKENS if quick else DECODE_TOKENS
     for conc, plen in QUICK_DECODE_POINTS if quick else DECODE_POINTS:
         # vLLM's front end streams tokens in bursts when it falls behind, so the
         # gaps a client sees are not step times; the server's inter-token
         # histogram, stamped by the engine core, is.
-        before = await server_sums(url)
+        total, count = 0.0, 0.0
         for k in range(repeats):
-            await _round(url, model, conc, plen, max_tokens=tokens, seed=conc * 1000 + plen + k)
-        after = await server_sums(url)
-        itl = (after[fam][0] - before[fam][0]) / (after[fam][1] - before[fam][1])
-        out.append(Measurement("decode", conc, plen, itl, tokens))
+            s, n = await _decode_round(
+                url, model, conc, plen, max_tokens=tokens, seed=conc * 1000 + plen + k
+            )
+            total, count = total + s, count + n
+        out.append(Measurement("decode", conc, plen, total / count, tokens))
+    fam = "vllm:request_prefill_time_seconds"
     for plen in QUICK_PREFILL_LENGTHS if quick else PREFILL_LENGTHS:
         ttfts: list[float] = []
         before = await server_sums(url)
@@ -226,7 +270,6 @@ async def measure(
                 raise RuntimeError(f"calibration request failed: {result.requests[0].error}")
             ttfts.append(ttft)
         after = await server_sums(url)
-        fam = "vllm:request_prefill_time_seconds"
         prefill = (after[fam][0] - before[fam][0]) / (after[fam][1] - before[fam][1])
         out.append(Measurement("prefill", 1, plen, prefill))
         out.append(Measurement("ttft", 1, plen, statistics.median(ttfts)))
