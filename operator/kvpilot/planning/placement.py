@@ -110,6 +110,11 @@ class TypeMove:
         (a, atp), (b, btp) = self.from_option, self.to_option
         return f"{self.service}: {self.replicas} replica(s) {a} TP{atp} -> {b} TP{btp} ({self.why})"
 
+    def sentence(self) -> str:
+        """What a status condition or Event says about it."""
+        (a, atp), (b, btp) = self.from_option, self.to_option
+        return f"moving from {a} at TP{atp} to {b} at TP{btp}: {self.why}"
+
 
 @dataclass(frozen=True)
 class ServicePlacement:

@@ -21,6 +21,7 @@ from kvpilot.reconcile.moves import (
     claims,
     find_reservations,
     leaving,
+    pod_service,
     with_why,
 )
 from kvpilot.reconcile.tenancy import TenantPolicy
@@ -85,7 +86,14 @@ def plan_pool(
     tenants = tenants or TenantPolicy()
     planner = planner or PoolPlanner(costs=costs)
     nodes = list(nodes)
-    inventory = build_inventory(nodes, gpu_pods, exclude_pod=is_kvpilot_pod)
+    keys = {service_key(s.namespace, s.name) for s in services}
+
+    def planned_here(pod: Mapping[str, Any]) -> bool:
+        # Pods of a service no longer planned (deleted, its pods terminating) hold their
+        # GPUs until they go, like any other workload's.
+        return is_kvpilot_pod(pod) and pod_service(pod) in keys
+
+    inventory = build_inventory(nodes, gpu_pods, exclude_pod=planned_here)
     products: dict[str, str] = {}
     for n in inventory.usable_nodes:
         if n.gpu_type is not None:
