@@ -17,6 +17,7 @@ from kvpilot.planning.placement import (
     running_replicas,
 )
 from kvpilot.planning.pool import PoolPlanner
+from kvpilot.planning.report import plan_dict, plan_table
 from kvpilot.planning.service import ServiceSpec
 
 L4 = "L4-24GB"
@@ -198,3 +199,22 @@ def test_rollout_to_the_better_type_never_flips_back() -> None:
         assert {n: c for n, c in p.free if n == "a-0"} == a_free, what
     # Settled: planning again changes nothing.
     assert plan(new) == plan(new)
+
+
+def test_kvpilot_plan_shows_the_change() -> None:
+    demand = svc("ns/a", opt(H, 1), opt(A, 1), want=2, running=on_a100(("a-0", 2)))
+    plan = plan_with_moves([demand], POOL)
+    table = plan_table(plan, POOL)
+    assert (
+        "GPU type changes (a rollout, make before break):\n"
+        "  ns/a: 2 replica(s) A100-80GB TP1 -> H100-80GB TP1 (H100-80GB ranks before "
+        "A100-80GB in its options and now has room for all 2 replica(s) with no service "
+        "waiting; the new replicas start before the old ones go)"
+    ) in table
+    (move,) = plan_dict(plan, POOL)["typeMoves"]
+    assert move["reason"] == "BetterGPUType"
+    assert (move["from"], move["to"], move["replicas"]) == (
+        {"gpuType": A, "tensorParallel": 1},
+        {"gpuType": H, "tensorParallel": 1},
+        2,
+    )
