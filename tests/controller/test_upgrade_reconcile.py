@@ -174,3 +174,24 @@ def test_a_service_returns_to_its_preferred_type_and_never_flips_back() -> None:
     assert pool.plan.type_moves == ()
     assert plan.revision == rolling["revision"] and plan.delete == ()
     assert plan.rollout is not None and plan.rollout.phase == "Stable"
+
+
+def test_no_upgrade_to_a_revision_that_failed_its_rollout() -> None:
+    _, first = reconcile([], [], {}, [holder()])
+    old_dep = live(next(o for o in first.apply if o["kind"] == "Deployment"), 2,
+                   "2026-12-01T00:00:00Z")  # fmt: skip
+    old = pods_of(old_dep, "a-0", 2, "2026-12-01T00:00:00Z")
+    _, plan = reconcile(old, [old_dep], {"revision": first.revision})
+    better = plan.revision
+    assert better != first.revision
+    # The rollout to H100 was rolled back: the plan leaves the service where it serves.
+    record = {"revision": better, "reason": "AnalysisFailed"}
+    failed: dict[str, Any] = {"revisions": {"stable": first.revision, "failed": record}}
+    rolled_back = parse_inference_service(copy.deepcopy(SPEC) | {"status": failed})
+    pool = plan_pool([rolled_back], NODES, old)
+    assert pool.slice("ns", "chat").gpu_type == A100  # type: ignore[union-attr]
+    assert pool.plan.type_moves == ()
+    # Another failed revision (an older spec) does not hold the upgrade back.
+    record["revision"] = "0123456789"
+    other = parse_inference_service(copy.deepcopy(SPEC) | {"status": failed})
+    assert plan_pool([other], NODES, old).slice("ns", "chat").gpu_type == H100  # type: ignore[union-attr]

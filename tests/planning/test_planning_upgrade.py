@@ -115,6 +115,18 @@ def moves(plan: PlacementPlan) -> list[tuple[str, str, tuple[str, int], tuple[st
         ),
         pytest.param(
             [
+                replace(
+                    svc("a", opt(H, 1), opt(L4, 1), opt(A, 1), want=1, running=on_a100(("a-0", 1))),
+                    avoid=((H, 1),),
+                ),
+            ],
+            pool(("a-0", A, 8, 0), ("h-0", H, 8, 0), ("l-0", L4, 1, 0)),
+            [("a", "BetterGPUType", (A, 1), (L4, 1), 1)],
+            [("a", "Placed", L4, 1, 1, 1, (("l-0", 1),))],
+            id="never-to-a-failed-revision",
+        ),
+        pytest.param(
+            [
                 svc(
                     "a",
                     opt(H, 1),

@@ -78,6 +78,8 @@ class ServiceDemand:
     #: nodes being freed for this service (reservations of earlier moves): its replicas
     #: go there first
     claimed: tuple[str, ...] = ()
+    #: (GPU type, TP) options an upgrade must not move it to: their revision failed
+    avoid: tuple[tuple[str, int], ...] = ()
 
     @property
     def wanted(self) -> int:

@@ -120,6 +120,7 @@ class PoolPlanner:
                 preemptible=s.preemptible,
                 running=running.get(s.name),
                 claimed=(claims or {}).get(s.name, ()),
+                avoid=s.avoid,
             )
         if len(out) != len(services):
             raise ValueError("service names in one plan must be unique")

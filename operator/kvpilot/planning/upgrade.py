@@ -10,7 +10,8 @@ order the planner prefers: `placement.gpuTypes`, else replica cost) when:
 - that option's GPU type has free GPUs, node by node, for all the service's wanted
   replicas while its current ones keep theirs: the rollout that carries the change out
   surges onto them and removes the old replicas only once the new ones are Ready;
-- no other change of GPU type, node move or reservation is under way.
+- no other change of GPU type, node move or reservation is under way;
+- the option's revision has not failed a rollout before (`ServiceDemand.avoid`).
 
 At most one service moves per plan, the highest priority first (then by name), so the
 pool changes one step at a time; a service already on its best option never moves, so a
@@ -77,7 +78,11 @@ def _better_options(s: ServicePlacement, d: ServiceDemand) -> list[FitOption]:
         or s.option not in d.fit.options
     ):
         return []
-    return list(d.fit.options[: d.fit.options.index(s.option)])
+    return [
+        o
+        for o in d.fit.options[: d.fit.options.index(s.option)]
+        if (o.gpu_type, o.tensor_parallel) not in d.avoid
+    ]
 
 
 def _best_fit(
