@@ -87,3 +87,15 @@ def test_moves_example() -> None:
     pool = plan_pool(SERVICES, [a100("a100-0"), a100("a100-1")], pods)
     shown = section("moves-example").strip().removeprefix("```text").removesuffix("```")
     assert [m.describe() for m in pool.plan.moves] == shown.strip().splitlines()
+
+
+def test_type_move_example() -> None:
+    from tests.controller.test_moves import gpu_pod
+    from tests.controller.test_upgrade_reconcile import NODES, SERVICES
+
+    from kvpilot.reconcile import plan_pool
+
+    pods = [gpu_pod(f"c{i}", "chat", "a-0", 1) for i in range(2)]
+    pool = plan_pool(SERVICES, NODES, pods)
+    shown = section("type-move-example").strip().removeprefix("```text").removesuffix("```")
+    assert [m.describe() for m in pool.plan.type_moves] == shown.strip().splitlines()

@@ -324,9 +324,60 @@ def test_running_replicas_from_pods() -> None:
         {"metadata": {"labels": {}}, "spec": {"nodeName": "a-0"}},
     ]
     assert running_replicas(pods, inventory) == {
-        "ml/chat": RunningReplicas(H, 2, (("h-0", 2),)),
+        "ml/chat": RunningReplicas(H, 2, (("h-0", 2),), (("a-0", 2),), (A, 2)),
         "ml/other": RunningReplicas(A, 1, (("a-0", 1),)),
     }
+
+
+def rev_pod(node: str, revision: str, created: str, gpus: int = 1) -> dict[str, Any]:
+    labels = {"kvpilot.io/inference-service": "chat", "kvpilot.io/revision": revision}
+    return {
+        "metadata": {"namespace": "ml", "labels": labels, "creationTimestamp": created},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"resources": {"limits": {"nvidia.com/gpu": gpus}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+OLD_A = [rev_pod("a-0", "r1", "2026-01-01T00:00:00Z"), rev_pod("a-0", "r1", "2026-01-01T00:00:05Z")]
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        pytest.param(OLD_A, RunningReplicas(A, 1, (("a-0", 2),)), id="one-revision"),
+        pytest.param(
+            # One new replica on H100 next to two old ones on A100: the newest revision
+            # is current, not the most common type, so the plan does not flip back.
+            [*OLD_A, rev_pod("h-0", "r2", "2026-01-02T00:00:00Z")],
+            RunningReplicas(H, 1, (("h-0", 1),), (("a-0", 2),), (A, 1)),
+            id="rollout-to-h100-first-new-pod",
+        ),
+        pytest.param(
+            # An old replica recreated mid-rollout does not make the old revision newest.
+            [
+                *OLD_A,
+                rev_pod("h-0", "r2", "2026-01-02T00:00:00Z"),
+                rev_pod("a-1", "r1", "2026-01-03T00:00:00Z"),
+            ],
+            RunningReplicas(H, 1, (("h-0", 1),), (("a-0", 2), ("a-1", 1)), (A, 1)),
+            id="old-replica-recreated",
+        ),
+        pytest.param(
+            # A rollout on the same GPU type (TP1 -> TP2) holds nothing elsewhere.
+            [*OLD_A, rev_pod("a-1", "r2", "2026-01-02T00:00:00Z", gpus=2)],
+            RunningReplicas(A, 2, (("a-1", 1),)),
+            id="same-type-new-tp",
+        ),
+    ],
+)
+def test_running_follows_the_newest_revision(
+    pods: list[dict[str, Any]], expected: RunningReplicas
+) -> None:
+    inventory = pool(("a-0", A, 8, 0), ("a-1", A, 8, 0), ("h-0", H, 8, 0))
+    assert running_replicas(pods, inventory) == {"ml/chat": expected}
 
 
 def manifest(name: str, source: str, **spec: Any) -> dict[str, Any]:
@@ -444,9 +495,12 @@ def test_running_service_moves_only_to_place_more_replicas() -> None:
         "serving/code-8b": RunningReplicas(H, 1, (("h100-1", 8),)),
     }
     services = [service_from_manifest(m) for m in three_services(2, [A, H])]
-    # Everything fits: code-8b stays on H100 although A100 is its first preference.
+    # Everything fits: the placer keeps code-8b on H100 although A100 is its first
+    # preference; only the upgrade pass (nothing waits, A100 holds all 8) moves it back.
     plan = plan_services(services, inventory, running=running)
-    assert plan.service("serving/code-8b").gpu_type == H
+    move = plan.service("serving/code-8b").type_move
+    assert move is not None and (move.from_option, move.to_option) == ((H, 1), (A, 1))
+    assert plan.type_moves == (move,)
     # chat-70b grows to 4: code-8b moves to A100, where all 8 replicas fit.
     services = [service_from_manifest(m) for m in three_services(4, [A, H])]
     plan = plan_services(services, inventory, running=running)

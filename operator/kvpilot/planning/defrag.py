@@ -29,6 +29,7 @@ from kvpilot.planning.placement import (
     ServicePlacement,
     plan_placement,
 )
+from kvpilot.planning.upgrade import upgrade
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,13 @@ class _Freeing:
 def plan_with_moves(
     demands: Sequence[ServiceDemand], inventory: Inventory, **kwargs: Any
 ) -> PlacementPlan:
-    """`plan_placement`, then moves for what it left waiting (when moves are allowed)."""
+    """`plan_placement`, then moves for what it left waiting (when moves are allowed), then
+    the return of one running service to a better option (planning.upgrade)."""
     plan = plan_placement(demands, inventory, **kwargs)
-    if kwargs.get("keep_running", True) and moves_allowed(demands):
-        plan = defragment(plan, demands, inventory)
+    if kwargs.get("keep_running", True):
+        if moves_allowed(demands):
+            plan = defragment(plan, demands, inventory)
+        plan = upgrade(plan, demands, inventory)
     return plan
 
 

@@ -11,7 +11,8 @@ Deterministic greedy in two phases, both in priority order (higher first, then n
 Each service runs all its replicas on one GPU type at one TP. The type is the first of the
 service's fit options that holds all wanted replicas, else the first that holds its
 minimum, else the one that holds most; a service with running replicas keeps its current
-type and TP while that is still a fit option (no migration for a better packing).
+type and TP while that is still a fit option (no migration for a better packing; the
+return to a better option of its own once one frees up is planning.upgrade's).
 Replicas go best-fit: onto the node with the fewest GPUs left over, so fragments fill up
 first and whole nodes stay free for large-TP replicas; nodes a service already runs on
 come first, so the plan matches where pods are.
@@ -22,11 +23,11 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby, islice
 from typing import Any, Literal
 
-from kvpilot.api.names import INFERENCE_SERVICE
+from kvpilot.api.names import INFERENCE_SERVICE, REVISION
 from kvpilot.planning.gpus import GIB
 from kvpilot.planning.inventory import Inventory, pod_gpu_request
 from kvpilot.planning.memory import MemoryBreakdown
@@ -44,11 +45,18 @@ PlacementReason = Literal[
 
 @dataclass(frozen=True)
 class RunningReplicas:
-    """Where a service runs now: its GPU type, TP, and replicas per node (may be empty)."""
+    """Where a service runs now: its GPU type, TP, and replicas per node (may be empty).
+
+    `leaving`: GPUs per node its older replicas still hold on another GPU type while a
+    rollout moves it (they go once the new ones are Ready), and `leaving_from` that
+    type and TP. The plan counts those GPUs as used, so nobody is planned onto them.
+    """
 
     gpu_type: str
     tensor_parallel: int
     nodes: tuple[tuple[str, int], ...] = ()
+    leaving: tuple[tuple[str, int], ...] = ()
+    leaving_from: tuple[str, int] | None = None
 
     @property
     def replicas(self) -> int:
@@ -70,6 +78,8 @@ class ServiceDemand:
     #: nodes being freed for this service (reservations of earlier moves): its replicas
     #: go there first
     claimed: tuple[str, ...] = ()
+    #: (GPU type, TP) options an upgrade must not move it to: their revision failed
+    avoid: tuple[tuple[str, int], ...] = ()
 
     @property
     def wanted(self) -> int:
@@ -83,6 +93,32 @@ class ServiceDemand:
 
 
 @dataclass(frozen=True)
+class TypeMove:
+    """A running service that changes GPU type and TP: its revision changes, so a rollout
+    carries it out make before break (new replicas Ready first, then the old ones go).
+
+    `reason` is `BetterGPUType` when this plan starts it (planning.upgrade), `Moving`
+    while the rollout runs (replicas of both types live).
+    """
+
+    service: str
+    from_option: tuple[str, int]
+    to_option: tuple[str, int]
+    replicas: int
+    reason: Literal["BetterGPUType", "Moving"]
+    why: str
+
+    def describe(self) -> str:
+        (a, atp), (b, btp) = self.from_option, self.to_option
+        return f"{self.service}: {self.replicas} replica(s) {a} TP{atp} -> {b} TP{btp} ({self.why})"
+
+    def sentence(self) -> str:
+        """What a status condition or Event says about it."""
+        (a, atp), (b, btp) = self.from_option, self.to_option
+        return f"moving from {a} at TP{atp} to {b} at TP{btp}: {self.why}"
+
+
+@dataclass(frozen=True)
 class ServicePlacement:
     name: str
     reason: PlacementReason
@@ -93,6 +129,8 @@ class ServicePlacement:
     replicas_placed: int
     option: FitOption | None = None
     nodes: tuple[tuple[str, int], ...] = ()
+    #: set while the service changes GPU type (planning.upgrade, or a rollout under way)
+    type_move: TypeMove | None = None
 
     @property
     def gpu_type(self) -> str | None:
@@ -141,13 +179,15 @@ class PlacementPlan:
 
     `type_choices` are the GPU types the local search chose over the greedy pass's
     (service, GPU type, TP); a later plan can start from them. `moves` are the running
-    replicas the plan relocates to make room for a waiting one (planning.defrag).
+    replicas the plan relocates to make room for a waiting one (planning.defrag);
+    `type_moves` the services changing GPU type (planning.upgrade, or under way).
     """
 
     services: tuple[ServicePlacement, ...]
     free: tuple[tuple[str, int], ...]
     type_choices: tuple[tuple[str, str, int], ...] = ()
     moves: tuple[Move, ...] = ()
+    type_moves: tuple[TypeMove, ...] = ()
 
     def service(self, name: str) -> ServicePlacement:
         for s in self.services:
@@ -210,6 +250,8 @@ def plan_placement(
     names = [d.name for d in demands]
     if len(set(names)) != len(names):
         raise ValueError("service names in one plan must be unique")
+    if keep_running:
+        inventory = holding_leaving(inventory, demands)
     order = sorted(demands, key=lambda d: (-d.priority, d.name))
     placeable = [d for d in order if isinstance(d.fit, ModelFits)]
     forced: dict[str, FitOption] = {}
@@ -246,6 +288,26 @@ def plan_placement(
         type_choices=tuple(
             sorted((n, o.gpu_type, o.tensor_parallel) for n, o in best.forced.items())
         ),
+        type_moves=tuple(r.type_move for r in sorted(results, key=lambda r: r.name) if r.type_move),
+    )
+
+
+def holding_leaving(inventory: Inventory, demands: Sequence[ServiceDemand]) -> Inventory:
+    """The inventory with the GPUs that services' leaving replicas hold counted as used:
+    while a rollout moves a service to another GPU type both run, and the old replicas'
+    GPUs are nobody else's until they go."""
+    held: dict[str, int] = {}
+    for d in demands:
+        if d.running is not None:
+            for node, gpus in d.running.leaving:
+                held[node] = held.get(node, 0) + gpus
+    if not held:
+        return inventory
+    return Inventory(
+        tuple(
+            replace(n, requested=n.requested + held[n.name]) if n.name in held else n
+            for n in inventory.nodes
+        )
     )
 
 
@@ -627,6 +689,22 @@ def _result(d: ServiceDemand, s: _State | None, holders: _Holders, pool: _Pool) 
     if s.running and (option.gpu_type, option.tensor_parallel) != _running_key(d):
         gpu, tp = _running_key(d)
         message += f"; moves from {gpu} at TP{tp}, where fewer replicas fit"
+    type_move = None
+    run = d.running
+    if (
+        s.running
+        and run is not None
+        and run.leaving_from is not None
+        and (option.gpu_type, option.tensor_parallel) == _running_key(d)
+    ):
+        old, old_tp = run.leaving_from
+        leaving = sum(g for _, g in run.leaving) // max(1, old_tp)
+        why = (
+            f"rolling out: {leaving} replica(s) on {old} go once {s.placed} on "
+            f"{option.gpu_type} are Ready"
+        )
+        type_move = TypeMove(d.name, run.leaving_from, _running_key(d), s.placed, "Moving", why)
+        message += f"; moving from {old} at TP{old_tp}: {why}"
     return ServicePlacement(
         name=d.name,
         reason=reason,
@@ -637,6 +715,7 @@ def _result(d: ServiceDemand, s: _State | None, holders: _Holders, pool: _Pool) 
         replicas_placed=s.placed,
         option=option,
         nodes=tuple(sorted((n, c) for n, c in s.nodes.items() if c)),
+        type_move=type_move,
     )
 
 
@@ -775,6 +854,7 @@ def _reduced_note(mem: MemoryBreakdown) -> str:
 
 
 SERVICE_LABEL = INFERENCE_SERVICE
+REVISION_LABEL = REVISION
 
 
 def running_replicas(
@@ -782,11 +862,14 @@ def running_replicas(
 ) -> dict[str, RunningReplicas]:
     """Where each kvpilot service runs now, keyed `namespace/name`, from its bound pods.
 
-    TP is the pod's GPU request and the GPU type its node's; if a service's pods differ
-    (mid-rollout), the most common (type, TP) counts as current.
+    TP is the pod's GPU request and the GPU type its node's. If a service's pods differ
+    (mid-rollout), the (type, TP) of its newest revision (the one whose first pod was
+    created last) is current: a rollout to another GPU type is followed from its first
+    bound pod on, so the plan never points back at the old type while both run. Its
+    pods on other GPU types are `leaving`: their GPUs stay held until they go.
     """
     node_type = {n.name: n.gpu_type for n in inventory.nodes}
-    seen: dict[str, dict[tuple[str, int], list[str]]] = {}
+    seen: dict[str, list[tuple[str, int, str, str, str]]] = {}
     for pod in pods:
         meta: Mapping[str, Any] = pod.get("metadata") or {}
         labels: Mapping[str, str] = meta.get("labels") or {}
@@ -805,12 +888,39 @@ def running_replicas(
         if gpu is None or gpus <= 0:
             continue
         key = f"{meta.get('namespace') or 'default'}/{service}"
-        seen.setdefault(key, {}).setdefault((gpu, gpus), []).append(node)
+        revision = str(labels.get(REVISION_LABEL) or "")
+        created = str(meta.get("creationTimestamp") or "")
+        seen.setdefault(key, []).append((gpu, gpus, node, revision, created))
     out: dict[str, RunningReplicas] = {}
-    for key, groups in seen.items():
-        (gpu, tp), nodes = max(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))
-        out[key] = running_from_nodes(gpu, tp, nodes)
+    for key, found in seen.items():
+        first: dict[str, str] = {}
+        for _, _, _, revision, created in found:
+            if revision not in first or created < first[revision]:
+                first[revision] = created
+        newest = max(first, key=lambda r: (first[r], r))
+        current = _most_common((g, t) for g, t, _, r, _ in found if r == newest)
+        gpu, tp = current
+        nodes = [n for g, t, n, _, _ in found if (g, t) == current]
+        leaving: dict[str, int] = {}
+        for g, t, n, _, _ in found:
+            if g != gpu:
+                leaving[n] = leaving.get(n, 0) + t
+        run = running_from_nodes(gpu, tp, nodes)
+        if leaving:
+            run = replace(
+                run,
+                leaving=tuple(sorted(leaving.items())),
+                leaving_from=_most_common((g, t) for g, t, _, _, _ in found if g != gpu),
+            )
+        out[key] = run
     return out
+
+
+def _most_common(keys: Iterable[tuple[str, int]]) -> tuple[str, int]:
+    counts: dict[tuple[str, int], int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
 def running_from_nodes(

@@ -10,7 +10,8 @@ of the nodes, re-plans from scratch, and so does every change on a pool of at mo
 `incremental_above` services, where a full plan is as cheap as the incremental one
 (about 25 ms at 100 services) and its wider search can only do better. A plan that
 leaves a service waiting while repacking running replicas would fit it gets node moves
-(planning.defrag).
+(planning.defrag); one that leaves nobody waiting may return one running service to a
+better option of its own (planning.upgrade).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kvpilot.planning.placement import (
 )
 from kvpilot.planning.service import ServiceSpec, fit_service
 from kvpilot.planning.tp import FitResult
+from kvpilot.planning.upgrade import upgrade
 
 # An incremental re-plan gets this share of a full plan's search work.
 INCREMENTAL_SEARCH_WORK = DEFAULT_SEARCH_WORK // 16
@@ -84,6 +86,8 @@ class PoolPlanner:
             )
         if moves_allowed(list(demands.values())):
             plan = defragment(plan, list(demands.values()), inventory)
+        if self.keep_running:
+            plan = upgrade(plan, list(demands.values()), inventory)
         self._last = _Last(inventory, demands, plan)
         return plan
 
@@ -116,6 +120,7 @@ class PoolPlanner:
                 preemptible=s.preemptible,
                 running=running.get(s.name),
                 claimed=(claims or {}).get(s.name, ()),
+                avoid=s.avoid,
             )
         if len(out) != len(services):
             raise ValueError("service names in one plan must be unique")

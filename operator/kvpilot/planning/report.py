@@ -106,6 +106,17 @@ def plan_dict(plan: PlacementPlan, inventory: Inventory) -> dict[str, Any]:
             }
             for m in plan.moves
         ],
+        "typeMoves": [
+            {
+                "service": m.service,
+                "reason": m.reason,
+                "from": {"gpuType": m.from_option[0], "tensorParallel": m.from_option[1]},
+                "to": {"gpuType": m.to_option[0], "tensorParallel": m.to_option[1]},
+                "replicas": m.replicas,
+                "why": m.why,
+            }
+            for m in plan.type_moves
+        ],
     }
 
 
@@ -176,6 +187,12 @@ def plan_table(plan: PlacementPlan, inventory: Inventory) -> str:
         lines += ["", "Nodes (replicas per node):", *placed]
     if plan.moves:
         lines += ["", "Moves (make before break):", *(f"  {m.describe()}" for m in plan.moves)]
+    if plan.type_moves:
+        lines += [
+            "",
+            "GPU type changes (a rollout, make before break):",
+            *(f"  {m.describe()}" for m in plan.type_moves),
+        ]
     if notes:
         lines += ["", "Why:", *notes]
     if excluded:

@@ -37,6 +37,8 @@ class ServiceSpec:
     min_replicas: int = 1
     max_replicas: int = 1
     desired_replicas: int | None = None
+    #: (GPU type, TP) options planning.upgrade must not move it to (their revision failed)
+    avoid: tuple[tuple[str, int], ...] = ()
 
 
 def service_spec(isvc: InferenceService) -> ServiceSpec:
@@ -135,6 +137,7 @@ def plan_services(
             desired_replicas=s.desired_replicas,
             preemptible=s.preemptible,
             running=current.get(s.name),
+            avoid=s.avoid,
         )
         for s in services
     ]

@@ -275,6 +275,13 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
             events.append(
                 Event("Normal", str(rec["reason"]), f"{rec['revision']}: {rec['message']}")
             )
+        move = placement.type_move
+        if (
+            move is not None
+            and move.reason == "BetterGPUType"
+            and obs.previous.get("revision") != revision
+        ):
+            events.append(Event("Normal", "BetterGPUType", move.sentence()))
         events.extend(Event(e.type, e.reason, e.message) for e in rollout.events)
         if (
             placement.replicas_placed < placement.replicas_wanted
@@ -295,10 +302,13 @@ def plan_reconcile(obs: Observation) -> ReconcilePlan:
         if rollout is not None and rollout.phase != "Stable":
             conds = [c for c in conds if c.type != "Progressing"]
             done = rollout.phase == "RolledBack"
+            message = rollout.message
+            if placement.type_move is not None and not done:
+                # A change of GPU type: say from where to where and why, then the step.
+                message = f"{placement.type_move.sentence()}; {message}"
             conds.append(
-                Condition("Progressing", "False" if done else "True", rollout.reason,
-                          rollout.message)
-            )  # fmt: skip
+                Condition("Progressing", "False" if done else "True", rollout.reason, message)
+            )
     status = compute_status(
         previous=obs.previous, generation=obs.generation, name=obs.name, placement=placement,
         observed=observed, target=total, revision=revision, conditions=conds, now=obs.now,

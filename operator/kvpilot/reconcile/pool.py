@@ -16,14 +16,17 @@ from kvpilot.planning.inventory import Inventory, build_inventory, is_kvpilot_po
 from kvpilot.planning.placement import PlacementPlan, ServicePlacement, running_replicas
 from kvpilot.planning.pool import PoolPlanner
 from kvpilot.planning.service import ServiceSpec, service_spec
+from kvpilot.planning.tp import TP_SIZES
 from kvpilot.reconcile.moves import (
     Reservation,
     claims,
     find_reservations,
     leaving,
+    pod_service,
     with_why,
 )
 from kvpilot.reconcile.tenancy import TenantPolicy
+from kvpilot.resources.revision import compute_revision
 
 
 def service_key(namespace: str, name: str) -> str:
@@ -85,13 +88,22 @@ def plan_pool(
     tenants = tenants or TenantPolicy()
     planner = planner or PoolPlanner(costs=costs)
     nodes = list(nodes)
-    inventory = build_inventory(nodes, gpu_pods, exclude_pod=is_kvpilot_pod)
+    keys = {service_key(s.namespace, s.name) for s in services}
+
+    def planned_here(pod: Mapping[str, Any]) -> bool:
+        # Pods of a service no longer planned (deleted, its pods terminating) hold their
+        # GPUs until they go, like any other workload's.
+        return is_kvpilot_pod(pod) and pod_service(pod) in keys
+
+    inventory = build_inventory(nodes, gpu_pods, exclude_pod=planned_here)
     products: dict[str, str] = {}
     for n in inventory.usable_nodes:
         if n.gpu_type is not None:
             products.setdefault(n.gpu_type, n.product)
     specs = {
-        service_key(s.namespace, s.name): _capped(service_spec(s), s.namespace, tenants)
+        service_key(s.namespace, s.name): replace(
+            _capped(service_spec(s), s.namespace, tenants), avoid=failed_options(s, products)
+        )
         for s in services
     }
     reservations = find_reservations(nodes, gpu_pods, specs)
@@ -124,6 +136,24 @@ def plan_pool(
         products=products,
         generations=generations,
         reservations=with_why(reservations, plan),
+    )
+
+
+def failed_options(
+    isvc: InferenceService, products: Mapping[str, str]
+) -> tuple[tuple[str, int], ...]:
+    """The (GPU type, TP) options whose revision is the one the service's status records as
+    failed: an upgrade to them would only roll out, and back, again."""
+    revisions = isvc.status.revisions if isvc.status is not None else None
+    failed = revisions.failed if revisions is not None else None
+    if failed is None:
+        return ()
+    return tuple(
+        (gpu_type, tp)
+        for gpu_type, product in sorted(products.items())
+        for tp in TP_SIZES
+        if compute_revision(isvc.spec, tensor_parallel=tp, gpus_per_replica=tp, gpu_product=product)
+        == failed.revision
     )
 
 
