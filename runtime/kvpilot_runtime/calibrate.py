@@ -183,7 +183,9 @@ async def _decode_round(
     would count a prefill as an inter-token gap (a 192-token prompt is a
     second-long step on a CPU without AVX-512 BF16, so a few such gaps double
     the mean). The histogram is read once every sequence has streamed two
-    tokens, so only steps after the last prefill count.
+    tokens, so only steps after the last prefill count. A single sequence has
+    no other prefill to wait for: its histogram is read at its first token, so
+    its first decode step, slower than the later ones, counts as in a request.
     """
     import aiohttp
 
@@ -207,7 +209,7 @@ async def _decode_round(
             for i in range(conc)
         ]
         seen = [0] * conc
-        while min(seen) < 2:
+        while min(seen) < (1 if conc == 1 else 2):
             seen[await progress.get()] += 1
         before = await _sums(session, url)
         await asyncio.gather(*streams)
