@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,3 +137,31 @@ def service_deployment(kube: Kube, namespace: str, service: str) -> dict[str, An
         return None
     newest: dict[str, Any] = max(items, key=lambda d: d["metadata"]["creationTimestamp"])
     return newest
+
+
+def steady_load(
+    scrape_targets: Path, namespace: str, service: str, *, seed: int, stop: Callable[[], bool]
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """A thread sending 2 requests/s (128-token prompts, 16 tokens out) to a service's live
+    replicas until `stop`; once joined, `result["run"]` holds (records, summary)."""
+    from kvpilot_runtime.loadgen import (
+        LoadConfig,
+        Segment,
+        discover_targets,
+        fixed_lengths,
+        run,
+        schedule_arrivals,
+    )
+
+    result: dict[str, Any] = {}
+    arrivals = schedule_arrivals((Segment(600.0, 2.0, 2.0),), fixed_lengths(128, 16), seed=seed)
+
+    def load() -> None:
+        result["run"] = run(
+            arrivals,
+            lambda: discover_targets(scrape_targets, namespace, service),
+            LoadConfig(balance="least-outstanding", drain_timeout=120, seed=seed),
+            stop=stop,
+        )
+
+    return threading.Thread(target=load), result

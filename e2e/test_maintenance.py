@@ -14,17 +14,12 @@ from typing import Any
 import pytest
 
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, condition, wait_for
+from e2e.helpers import Kube, condition, steady_load, wait_for
 from e2e.test_core import no_terminating_namespaces
 from e2e.test_operator import apply, isvc, pods_of
 from e2e.test_placement import actual_nodes, service
 from kvpilot_runtime.loadgen import (
-    LoadConfig,
-    Segment,
     discover_targets,
-    fixed_lengths,
-    run,
-    schedule_arrivals,
 )
 
 pytestmark = pytest.mark.usefixtures("operator", "pod_runner")
@@ -69,18 +64,8 @@ def test_cordon_and_drain_under_load_lose_no_replica(
             lowest[0] = min(lowest[0], ready_count(kube, ns, name))
             time.sleep(0.5)
 
-    result: dict[str, Any] = {}
-    arrivals = schedule_arrivals((Segment(600.0, 2.0, 2.0),), fixed_lengths(128, 16), seed=3)
-
-    def load() -> None:
-        result["run"] = run(
-            arrivals,
-            lambda: discover_targets(cluster.layout.scrape_targets, ns, name),
-            LoadConfig(balance="least-outstanding", drain_timeout=120, seed=3),
-            stop=stop.is_set,
-        )
-
-    threads = [threading.Thread(target=watch), threading.Thread(target=load)]
+    loader, result = steady_load(cluster.layout.scrape_targets, ns, name, seed=3, stop=stop.is_set)
+    threads = [threading.Thread(target=watch), loader]
     for t in threads:
         t.start()
     try:

@@ -11,19 +11,14 @@ from typing import Any
 import pytest
 
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, condition, wait_for
+from e2e.helpers import Kube, condition, steady_load, wait_for
 from e2e.operator import OperatorProcess
 from e2e.test_core import no_terminating_namespaces
 from e2e.test_maintenance import is_ready
 from e2e.test_operator import apply, isvc, pods_of
 from e2e.test_placement import LARGE, actual_nodes, all_placed_and_ready, service
 from kvpilot_runtime.loadgen import (
-    LoadConfig,
-    Segment,
     discover_targets,
-    fixed_lengths,
-    run,
-    schedule_arrivals,
 )
 
 pytestmark = pytest.mark.usefixtures("pod_runner")
@@ -111,18 +106,10 @@ def test_tp1_replicas_move_to_free_a_node_for_tp8(
                 ))  # fmt: skip
             time.sleep(0.3)
 
-    result: dict[str, Any] = {}
-    arrivals = schedule_arrivals((Segment(600.0, 2.0, 2.0),), fixed_lengths(128, 16), seed=5)
-
-    def load() -> None:
-        result["run"] = run(
-            arrivals,
-            lambda: discover_targets(cluster.layout.scrape_targets, ns, "small"),
-            LoadConfig(balance="least-outstanding", drain_timeout=120, seed=5),
-            stop=stop.is_set,
-        )
-
-    threads = [threading.Thread(target=watch), threading.Thread(target=load)]
+    loader, result = steady_load(
+        cluster.layout.scrape_targets, ns, "small", seed=5, stop=stop.is_set
+    )
+    threads = [threading.Thread(target=watch), loader]
     for t in threads:
         t.start()
     try:

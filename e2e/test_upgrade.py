@@ -10,19 +10,14 @@ from typing import Any
 import pytest
 
 from e2e.conftest import Cluster
-from e2e.helpers import Kube, condition, condition_true, wait_for
+from e2e.helpers import Kube, condition, condition_true, steady_load, wait_for
 from e2e.operator import OperatorProcess
 from e2e.test_core import no_terminating_namespaces
 from e2e.test_maintenance import is_ready
 from e2e.test_operator import apply, isvc, pods_of
 from e2e.test_placement import actual_nodes, all_placed_and_ready, service
 from kvpilot_runtime.loadgen import (
-    LoadConfig,
-    Segment,
     discover_targets,
-    fixed_lengths,
-    run,
-    schedule_arrivals,
 )
 
 pytestmark = pytest.mark.usefixtures("pod_runner")
@@ -108,18 +103,10 @@ def test_a_service_returns_to_its_preferred_gpu_type_make_before_break(
                 messages.add(progressing.get("message", ""))
             time.sleep(0.3)
 
-    result: dict[str, Any] = {}
-    arrivals = schedule_arrivals((Segment(600.0, 2.0, 2.0),), fixed_lengths(128, 16), seed=7)
-
-    def load() -> None:
-        result["run"] = run(
-            arrivals,
-            lambda: discover_targets(cluster.layout.scrape_targets, ns, "chat"),
-            LoadConfig(balance="least-outstanding", drain_timeout=120, seed=7),
-            stop=stop.is_set,
-        )
-
-    threads = [threading.Thread(target=watch), threading.Thread(target=load)]
+    loader, result = steady_load(
+        cluster.layout.scrape_targets, ns, "chat", seed=7, stop=stop.is_set
+    )
+    threads = [threading.Thread(target=watch), loader]
     for t in threads:
         t.start()
     try:
