@@ -130,6 +130,35 @@ async def _stream(
                 progress.put_nowait(tag)
 
 
+def _streams(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    rng: random.Random,
+    *,
+    count: int,
+    plen: int,
+    max_tokens: int,
+    progress: asyncio.Queue[int],
+) -> list[asyncio.Task[None]]:
+    """``count`` streamed requests of random ``plen``-token prompts, started at once;
+    each puts its index on ``progress`` per chunk."""
+    return [
+        asyncio.create_task(
+            _stream(
+                session,
+                url,
+                model,
+                [rng.randrange(2, 400) for _ in range(plen)],
+                max_tokens=max_tokens,
+                progress=progress,
+                tag=i,
+            )
+        )
+        for i in range(count)
+    ]
+
+
 async def _mixed_round(
     url: str, model: str, conc: int, dec_plen: int, plen: int, *, seed: int
 ) -> float:
@@ -147,19 +176,16 @@ async def _mixed_round(
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         progress: asyncio.Queue[int] = asyncio.Queue()
-        decoders = [
-            asyncio.create_task(
-                _stream(
-                    session,
-                    url,
-                    model,
-                    [rng.randrange(2, 400) for _ in range(dec_plen)],
-                    max_tokens=MIXED_LEAD_TOKENS + MIXED_DECODE_TOKENS,
-                    progress=progress,
-                )
-            )
-            for _ in range(conc)
-        ]
+        decoders = _streams(
+            session,
+            url,
+            model,
+            rng,
+            count=conc,
+            plen=dec_plen,
+            max_tokens=MIXED_LEAD_TOKENS + MIXED_DECODE_TOKENS,
+            progress=progress,
+        )
         for _ in range(conc * MIXED_LEAD_TOKENS):
             await progress.get()
         before = await _sums(session, url)
@@ -194,20 +220,16 @@ async def _decode_round(
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         progress: asyncio.Queue[int] = asyncio.Queue()
-        streams = [
-            asyncio.create_task(
-                _stream(
-                    session,
-                    url,
-                    model,
-                    [rng.randrange(2, 400) for _ in range(plen)],
-                    max_tokens=max_tokens,
-                    progress=progress,
-                    tag=i,
-                )
-            )
-            for i in range(conc)
-        ]
+        streams = _streams(
+            session,
+            url,
+            model,
+            rng,
+            count=conc,
+            plen=plen,
+            max_tokens=max_tokens,
+            progress=progress,
+        )
         seen = [0] * conc
         while min(seen) < (1 if conc == 1 else 2):
             seen[await progress.get()] += 1
