@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from kvpilot.sim.report import DEFAULT_TTFT_SLO_S
+
 #: The knobs searched and their candidate values (spec.scaling's spelling; None: unset).
 DEFAULT_SPACE: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("targets.batchUtilization", (0.5, 0.65, 0.8)),
@@ -265,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--trace", required=True, type=Path, help="Azure CSV or generic CSV/JSONL")
     ap.add_argument("--service", required=True, type=Path, help="InferenceService YAML")
     ap.add_argument("--target-attainment", type=float, default=0.99)
-    ap.add_argument("--ttft-slo", type=float, default=5.0, help="TTFT SLO in seconds (5)")
+    ap.add_argument(
+        "--ttft-slo",
+        type=float,
+        default=DEFAULT_TTFT_SLO_S,
+        help="TTFT SLO in seconds, as kvpilot simulate (default %(default)s)",
+    )
     ap.add_argument("--policy", type=Path, help="site policy file (kvpilot run --scaling-defaults)")
     ap.add_argument("--rate-scale", type=float, default=1.0)
     ap.add_argument("--start", type=float, default=None, help="trace seconds to skip")
