@@ -209,3 +209,30 @@ def test_setup_is_reused(tmp_path: object) -> None:
     setup: FleetSetup = fleet_setup(svc)
     a = simulate([Request(0.0, 10, 2)], service=svc, scaler=FixedScaler(1), setup=setup)
     assert a.setup is setup
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scrape_interval_s": 0.0}, "scrape interval must be positive, got 0 s"),
+        ({"metrics_step_s": -1.0}, "metrics step must be positive"),
+        ({"sample_interval_s": 0.0}, "sample interval must be positive"),
+        ({"cold_start_s": -1.0}, "cold start must not be negative"),
+        ({"query_delay_s": -0.5}, "query delay must not be negative"),
+        ({"drain_timeout_s": -1.0}, "drain timeout must not be negative"),
+        ({"initial_replicas": 0}, "initial replicas must be at least 1"),
+    ],
+)
+def test_timings_the_event_loop_cannot_run_are_refused(
+    kwargs: dict[str, float], message: str
+) -> None:
+    reqs = [Request(0.0, 100, 10)]
+    with pytest.raises(ValueError, match=message):
+        simulate(reqs, service=_service(), scaler=FixedScaler(1), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_zero_decision_interval_is_refused() -> None:
+    svc = _service()
+    scaler = KvpilotScaler(svc, load_site_policy(None), interval_s=0.0)
+    with pytest.raises(ValueError, match="autoscale interval must be positive"):
+        simulate([Request(0.0, 100, 10)], service=svc, scaler=scaler)

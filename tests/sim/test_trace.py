@@ -79,3 +79,20 @@ def test_shipped_conversation_trace() -> None:
     assert len(reqs) == 19366
     assert reqs[-1].arrival_s < 3600
     assert all(b.arrival_s >= a.arrival_s for a, b in itertools.pairwise(reqs))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate_scale": 0.0}, "rate_scale must be positive"),
+        ({"start_s": -5.0}, "start must be at least 0 s"),
+        ({"duration_s": 0.0}, "duration must be positive"),
+    ],
+)
+def test_selections_that_select_nothing_sensible_are_refused(
+    tmp_path: Path, kwargs: dict[str, float], message: str
+) -> None:
+    path = tmp_path / "t.csv"
+    write_trace(path, [Request(0.0, 10, 2), Request(1.0, 10, 2)])
+    with pytest.raises(TraceError, match=message):
+        load_trace(path, **kwargs)

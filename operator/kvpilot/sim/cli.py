@@ -13,6 +13,7 @@ import yaml
 
 from kvpilot.api.parse import InferenceService, InvalidObjectError, parse_inference_service
 from kvpilot.autoscaling.policy import PolicyFileError
+from kvpilot.sim.args import non_negative, positive
 from kvpilot.sim.fleet import (
     DEFAULT_COLD_START_S,
     DEFAULT_DRAIN_TIMEOUT_S,
@@ -39,17 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", required=True, help="Azure LLM trace CSV, or generic CSV/JSONL")
     p.add_argument("--service", required=True, help="InferenceService YAML")
     p.add_argument("--policy", default=None, help="operator-wide policy file (--scaling-defaults)")
-    p.add_argument("--rate-scale", type=float, default=1.0, help="replay at X times the rate")
-    p.add_argument("--start", type=float, default=None, help="trace seconds to skip")
-    p.add_argument("--duration", type=float, default=None, help="trace seconds to replay")
+    p.add_argument("--rate-scale", type=positive, default=1.0, help="replay at X times the rate")
+    p.add_argument("--start", type=non_negative, default=None, help="trace seconds to skip")
+    p.add_argument("--duration", type=positive, default=None, help="trace seconds to replay")
     p.add_argument("--report", required=True, metavar="DIR", help="writes result.json, report.html")
     p.add_argument("--no-html", action="store_true", help="only result.json")
     p.add_argument(
-        "--ttft-slo", type=float, default=DEFAULT_TTFT_SLO_S, help="seconds (default %(default)s)"
+        "--ttft-slo",
+        type=positive,
+        default=DEFAULT_TTFT_SLO_S,
+        help="seconds (default %(default)s)",
     )
     p.add_argument(
         "--itl-slo",
-        type=float,
+        type=positive,
         default=DEFAULT_ITL_SLO_S,
         help="seconds of mean inter-token latency (default %(default)s)",
     )
@@ -60,15 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cold-start",
-        type=float,
+        type=non_negative,
         default=DEFAULT_COLD_START_S,
         help="seconds from a replica's creation to Ready (default %(default)s)",
     )
-    p.add_argument("--scrape-interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S)
-    p.add_argument("--query-delay", type=float, default=DEFAULT_QUERY_DELAY_S)
-    p.add_argument("--autoscale-interval", type=float, default=OPERATOR_INTERVAL_S)
-    p.add_argument("--metrics-step", type=float, default=OPERATOR_METRICS_STEP_S)
-    p.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
+    p.add_argument("--scrape-interval", type=positive, default=DEFAULT_SCRAPE_INTERVAL_S)
+    p.add_argument("--query-delay", type=non_negative, default=DEFAULT_QUERY_DELAY_S)
+    p.add_argument("--autoscale-interval", type=positive, default=OPERATOR_INTERVAL_S)
+    p.add_argument("--metrics-step", type=positive, default=OPERATOR_METRICS_STEP_S)
+    p.add_argument("--drain-timeout", type=non_negative, default=DEFAULT_DRAIN_TIMEOUT_S)
     p.add_argument("--initial-replicas", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p

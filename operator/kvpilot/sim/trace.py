@@ -116,6 +116,10 @@ def load_trace(
     """
     if rate_scale <= 0:
         raise TraceError(f"rate_scale must be positive, got {rate_scale}")
+    if start_s is not None and start_s < 0:
+        raise TraceError(f"start must be at least 0 s into the trace, got {start_s}")
+    if duration_s is not None and duration_s <= 0:
+        raise TraceError(f"duration must be positive, got {duration_s}")
     p = Path(path)
     raw: list[tuple[float, int, int]] = []
     try:

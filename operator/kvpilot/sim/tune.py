@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from kvpilot.sim.args import fraction, non_negative, positive
 from kvpilot.sim.report import DEFAULT_TTFT_SLO_S
 
 #: The knobs searched and their candidate values (spec.scaling's spelling; None: unset).
@@ -266,18 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--trace", required=True, type=Path, help="Azure CSV or generic CSV/JSONL")
     ap.add_argument("--service", required=True, type=Path, help="InferenceService YAML")
-    ap.add_argument("--target-attainment", type=float, default=0.99)
+    ap.add_argument("--target-attainment", type=fraction, default=0.99)
     ap.add_argument(
         "--ttft-slo",
-        type=float,
+        type=positive,
         default=DEFAULT_TTFT_SLO_S,
         help="TTFT SLO in seconds, as kvpilot simulate (default %(default)s)",
     )
     ap.add_argument("--policy", type=Path, help="site policy file (kvpilot run --scaling-defaults)")
-    ap.add_argument("--rate-scale", type=float, default=1.0)
-    ap.add_argument("--start", type=float, default=None, help="trace seconds to skip")
-    ap.add_argument("--duration", type=float, default=None, help="trace seconds to replay")
-    ap.add_argument("--cold-start", type=float, default=None, help="seconds (simulator default)")
+    ap.add_argument("--rate-scale", type=positive, default=1.0)
+    ap.add_argument("--start", type=non_negative, default=None, help="trace seconds to skip")
+    ap.add_argument("--duration", type=positive, default=None, help="trace seconds to replay")
+    ap.add_argument(
+        "--cold-start", type=non_negative, default=None, help="seconds (simulator default)"
+    )
     ap.add_argument("--budget", type=int, default=30, help="simulations at most (30)")
     ap.add_argument("--out", type=Path, default=Path("tune-out"), help="directory for PNG/JSON")
     ap.add_argument(
