@@ -124,3 +124,61 @@ def test_initial_replicas_below_one_is_refused(
     rc = main([*argv, "--report", str(tmp_path / "o"), "--initial-replicas", "0", "--no-progress"])
     assert rc == 2
     assert "initial replicas must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_compare_adds_every_baseline_and_the_oracle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.csv"
+    reqs = [Request(i * 2.0, 400, 40) for i in range(60)]
+    reqs += [Request(120 + i * 0.2, 400, 40) for i in range(900)]
+    reqs += [Request(300 + i * 2.0, 400, 40) for i in range(60)]
+    write_trace(trace, reqs)
+    svc = tmp_path / "svc.yaml"
+    svc.write_text(yaml.safe_dump(SERVICE))
+    out = tmp_path / "out"
+    argv = ["simulate", "--trace", str(trace), "--service", str(svc), "--report", str(out)]
+    rc = main([*argv, "--compare", "--ttft-slo", "5", "--cold-start", "30", "--no-progress"])
+    assert rc == 0
+    result = json.loads((out / "result.json").read_text())
+    cmp_ = result["comparison"]
+    names = [r["policy"] for r in cmp_["rows"]]
+    assert names == [
+        "kvpilot", "static-peak", "hpa-concurrency", "keda-waiting", "kubeai-active",
+        "aibrix-kpa", "dynamo-throughput", "oracle-schedule",
+    ]  # fmt: skip
+    assert cmp_["slo"] == {"ttft_s": 5.0, "itl_s": None, "attainment": 0.99}
+    oracle = cmp_["oracle"]
+    assert 0 < oracle["gpu_hours"] <= min(r["gpu_hours"] for r in cmp_["rows"]) * 1.0001
+    assert 1 <= oracle["peak_replicas"] <= 3
+    # The report's headline figures are kvpilot's run of the comparison.
+    ours = cmp_["rows"][0]
+    assert ours["gpu_hours"] == pytest.approx(result["gpu_hours"], rel=1e-3)
+    assert ours["ttft_attainment"] == pytest.approx(result["attainment"]["ttft"], abs=1e-4)
+    assert ours["scale_events"] == result["scale_event_count"]
+    assert result["simulation"]["initial_replicas"] >= 1
+    for row in cmp_["rows"]:
+        assert row["vs_oracle"] == pytest.approx(row["gpu_hours"] / oracle["gpu_hours"], rel=1e-3)
+    printed = capsys.readouterr().out
+    assert "policy" in printed and "vs oracle" in printed
+    assert all(name in printed for name in names) and "(bound)" in printed
+    page = (out / "report.html").read_text()
+    assert "Policies compared" in page and page.count("data:image/png;base64,") == 6
+    assert "Replicas by policy" in page and "GPU-hours against attainment" in page
+
+
+def test_progress_writes_periodic_lines_off_a_terminal() -> None:
+    import io
+
+    from kvpilot.sim.cli import policy_progress
+
+    stream = io.StringIO()
+    show = policy_progress(stream)
+    for policy in ("kvpilot", "static-peak"):
+        for k in range(1, 201):
+            show(policy, k / 200)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert len(lines) == 2 * 11  # its start, then a line per tenth of each policy's run
+    assert lines[10].startswith("kvpilot") and "100.0%" in lines[10]
+    assert lines[-1].startswith("static-peak") and "100.0%" in lines[-1]

@@ -33,12 +33,12 @@ def _chromium() -> str:
     pytest.skip("chromium is not installed (apt-get install chromium)")
 
 
-def _screenshot(page: Path, out: Path, profile: Path) -> None:
+def _screenshot(page: Path, out: Path, profile: Path, height: int = HEIGHT) -> None:
     subprocess.run(
         [
             _chromium(), "--headless", "--no-sandbox", "--disable-gpu",
             "--hide-scrollbars", f"--user-data-dir={profile}",
-            f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={out}", page.as_uri(),
+            f"--window-size={WIDTH},{height}", f"--screenshot={out}", page.as_uri(),
         ],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
@@ -99,3 +99,33 @@ def test_report_plots_are_visible_in_chromium(tmp_path: Path) -> None:
     bare_shot = tmp_path / "bare.png"
     _screenshot(bare, bare_shot, tmp_path / "chromium-profile")
     assert _bands(_colored_rows(bare_shot)) == 0
+
+
+def test_comparison_report_shows_its_table_and_six_plots_in_chromium(tmp_path: Path) -> None:
+    from kvpilot.sim.baselines import run_comparison
+    from kvpilot.sim.oracle import Slo
+
+    svc = parse_inference_service(
+        {
+            "metadata": {"name": "llama", "namespace": "default", "uid": "u"},
+            "spec": {
+                "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 4096},
+                "placement": {"gpuTypes": ["H100-80GB"]},
+                "scaling": {"minReplicas": 1, "maxReplicas": 4},
+            },
+        }
+    )
+    # Long prompts: a quiet start, then a burst that fills the KV cache and queues.
+    reqs = [Request(i * 2.0, 3000, 200) for i in range(20)]
+    reqs += [Request(40 + i * 0.1, 3000, 200) for i in range(300)]
+    cmp_ = run_comparison(reqs, service=svc, slo=Slo(ttft_s=5.0), cold_start_s=30.0)
+    write_report(cmp_.results["kvpilot"], tmp_path / "report", ttft_slo_s=5.0, comparison=cmp_)
+    page = tmp_path / "report" / "report.html"
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == 6
+    assert "Policies compared" in html and html.count("<tr><td>") >= 9  # 8 policies, oracle
+
+    shot = tmp_path / "shot.png"
+    _screenshot(page, shot, tmp_path / "chromium-profile", height=4400)
+    bands = _bands(_colored_rows(shot))
+    assert bands >= 6, f"expected 6 plot bands, found {bands}"

@@ -36,7 +36,7 @@ from kvpilot.sim.oracle import (
     replica_capacity,
     replicas_needed,
 )
-from kvpilot.sim.scaler import FleetView, KvpilotScaler, Scaler
+from kvpilot.sim.scaler import OPERATOR_INTERVAL_S, FleetView, KvpilotScaler, Scaler
 from kvpilot.sim.trace import Request
 from kvpilot_runtime.engine import Engine
 
@@ -596,12 +596,15 @@ def run_comparison(
     initial_replicas: int | None = None,
     policies: Sequence[str] | None = None,
     progress: Callable[[str, float], None] | None = None,
+    kvpilot_interval_s: float = OPERATOR_INTERVAL_S,
     **simulate_kwargs: Any,
 ) -> Comparison:
     """Simulates kvpilot's policy and every baseline on the trace, and computes the oracle.
 
     ``policies`` limits the run to some of ``("kvpilot", *BASELINE_NAMES,
     ORACLE_SCHEDULE)``; ``progress(policy, fraction)`` is called while each runs.
+    ``kvpilot_interval_s`` is the operator's decision interval; the baselines keep
+    their sources' own.
     Every policy starts from the same warm fleet, ``initial_replicas`` (default:
     what the busiest minute within the first cold start needs, so no policy starts
     overloaded), with
@@ -632,7 +635,9 @@ def run_comparison(
         start = initial_replicas
     plan_ = plan(needed, oracle_bin_s, cold_start_s, initial_replicas=start)
     oracle_gpu_hours = plan_.gpu_seconds * setup.gpus_per_replica / 3600.0
-    scalers: dict[str, Scaler] = {"kvpilot": KvpilotScaler(service, base)}
+    scalers: dict[str, Scaler] = {
+        "kvpilot": KvpilotScaler(service, base, interval_s=kvpilot_interval_s)
+    }
     scalers.update(baseline_scalers(cap, plan_.peak, config.min_replicas, config.max_replicas))
     scalers[ORACLE_SCHEDULE] = OracleSchedule(plan_.replicas, oracle_bin_s, cold_start_s)
     names = list(policies) if policies is not None else list(scalers)

@@ -13,14 +13,18 @@ import yaml
 
 from kvpilot.api.parse import InferenceService, InvalidObjectError, parse_inference_service
 from kvpilot.autoscaling.policy import PolicyFileError
-from kvpilot.sim.args import non_negative, positive
+from kvpilot.sim.args import fraction, non_negative, positive
+from kvpilot.sim.baselines import Comparison, format_comparison, run_comparison
 from kvpilot.sim.fleet import (
     DEFAULT_COLD_START_S,
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_QUERY_DELAY_S,
     DEFAULT_SCRAPE_INTERVAL_S,
+    SimResult,
+    fleet_setup,
     simulate,
 )
+from kvpilot.sim.oracle import Slo
 from kvpilot.sim.report import DEFAULT_ITL_SLO_S, DEFAULT_TTFT_SLO_S, write_report
 from kvpilot.sim.scaler import (
     OPERATOR_INTERVAL_S,
@@ -75,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=non_negative, default=DEFAULT_DRAIN_TIMEOUT_S)
     p.add_argument("--initial-replicas", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also replay every baseline autoscaler and compute the clairvoyant oracle: "
+        "a table on stdout, in result.json and in the report (all from the same warm fleet)",
+    )
+    p.add_argument(
+        "--target-attainment",
+        type=fraction,
+        default=0.99,
+        help="with --compare: share of requests the oracle keeps within the TTFT SLO "
+        "(default %(default)s)",
+    )
     return p
 
 
@@ -89,23 +106,46 @@ def load_service(path: str | Path) -> InferenceService:
     return parse_inference_service({**body, "metadata": meta})
 
 
-def progress_bar(stream: TextIO = sys.stderr, width: int = 40) -> Callable[[float], None]:
-    """A one-line progress bar, redrawn in place."""
+def policy_progress(stream: TextIO = sys.stderr) -> Callable[[str, float], None]:
+    """One progress bar per policy of a comparison, each on its own line."""
+    bars: dict[str, Callable[[float], None]] = {}
+
+    def show(policy: str, fraction: float) -> None:
+        if policy not in bars:
+            bars[policy] = progress_bar(stream, label=f"{policy:<18}")
+        bars[policy](fraction)
+
+    return show
+
+
+def progress_bar(
+    stream: TextIO = sys.stderr, width: int = 40, label: str = "simulating"
+) -> Callable[[float], None]:
+    """A one-line progress bar, redrawn in place on a terminal.
+
+    Elsewhere (a CI log, a file) redrawing would write a line per update, so it
+    writes one line per tenth of the run instead.
+    """
     started = time.monotonic()
     finished = False
+    redraw = stream.isatty()
+    shown_tenths = -1
 
     def show(fraction: float) -> None:
-        nonlocal finished
+        nonlocal finished, shown_tenths
         if finished:
             return
         finished = fraction >= 1.0
+        tenths = int(10 * fraction)
+        if not redraw and tenths == shown_tenths and not finished:
+            return
+        shown_tenths = tenths
         done = int(fraction * width)
         elapsed = time.monotonic() - started
-        stream.write(
-            f"\rsimulating [{'#' * done}{'.' * (width - done)}] {100 * fraction:5.1f}% "
-            f"{elapsed:6.1f}s"
-        )
-        if fraction >= 1.0:
+        bar = "#" * done + "." * (width - done)
+        line = f"{label} [{bar}] {100 * fraction:5.1f}% {elapsed:6.1f}s"
+        stream.write(f"\r{line}" if redraw else f"{line}\n")
+        if redraw and finished:
             stream.write("\n")
         stream.flush()
 
@@ -128,22 +168,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kvpilot simulate: the trace selection has no requests", file=sys.stderr)
         return 2
     started = time.process_time()
+    comparison: Comparison | None = None
+    timing = {
+        "cold_start_s": args.cold_start,
+        "scrape_interval_s": args.scrape_interval,
+        "query_delay_s": args.query_delay,
+        "metrics_step_s": args.metrics_step,
+        "drain_timeout_s": args.drain_timeout,
+    }
     try:
-        result = simulate(
-            requests,
-            service=service,
-            scaler=scaler,
-            gpu_type=args.gpu_type,
-            profile=args.profile,
-            gpus_per_node=args.gpus_per_node,
-            cold_start_s=args.cold_start,
-            scrape_interval_s=args.scrape_interval,
-            query_delay_s=args.query_delay,
-            metrics_step_s=args.metrics_step,
-            drain_timeout_s=args.drain_timeout,
-            initial_replicas=args.initial_replicas,
-            progress=None if args.no_progress else progress_bar(),
+        setup = fleet_setup(
+            service, gpu_type=args.gpu_type, profile=args.profile, gpus_per_node=args.gpus_per_node
         )
+        if args.compare:
+            comparison = run_comparison(
+                requests,
+                service=service,
+                slo=Slo(ttft_s=args.ttft_slo, attainment=args.target_attainment),
+                base=base,
+                setup=setup,
+                initial_replicas=args.initial_replicas,
+                progress=None if args.no_progress else policy_progress(),
+                kvpilot_interval_s=args.autoscale_interval,
+                **timing,
+            )
+            result: SimResult = comparison.results["kvpilot"]
+        else:
+            result = simulate(
+                requests,
+                service=service,
+                scaler=scaler,
+                setup=setup,
+                initial_replicas=args.initial_replicas,
+                progress=None if args.no_progress else progress_bar(),
+                **timing,
+            )
     except ValueError as exc:
         print(f"kvpilot simulate: {exc}", file=sys.stderr)
         return 2
@@ -155,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ttft_slo_s=args.ttft_slo,
         itl_slo_s=args.itl_slo,
         html_report=not args.no_html,
+        comparison=comparison,
         extra={
             "trace": str(args.trace),
             "rate_scale": args.rate_scale,
@@ -165,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "query_delay_s": args.query_delay,
                 "autoscale_interval_s": args.autoscale_interval,
                 "metrics_step_s": args.metrics_step,
+                "initial_replicas": result.series.ready[0] if result.series.ready else None,
                 "cpu_seconds": round(cpu, 3),
                 "speedup_vs_real_time": round(result.duration_s / cpu, 1) if cpu > 0 else None,
             },
@@ -177,4 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{summary['gpu_hours']} GPU-hours, {summary['scale_event_count']} scale events; "
         f"report in {args.report}"
     )
+    if comparison is not None:
+        print(format_comparison(comparison))
     return 0

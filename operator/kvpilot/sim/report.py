@@ -19,9 +19,12 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvpilot.sim.fleet import SimResult
+
+if TYPE_CHECKING:
+    from kvpilot.sim.baselines import Comparison
 
 DEFAULT_TTFT_SLO_S = 2.0
 DEFAULT_ITL_SLO_S = 0.1
@@ -204,6 +207,94 @@ def plots(result: SimResult, ttft_slo_s: float) -> dict[str, str]:
     return out
 
 
+def comparison_plots(comparison: Comparison) -> dict[str, str]:
+    """Base64 PNGs of a policy comparison: replicas over time, GPU-hours against attainment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, str] = {}
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for name, res in comparison.results.items():
+        s = res.series
+        ours = name == "kvpilot"
+        ax.step(
+            [t / 60.0 for t in s.t],
+            s.ready,
+            where="post",
+            label=name,
+            linewidth=2.0 if ours else 0.9,
+            alpha=1.0 if ours else 0.8,
+        )
+    plan = comparison.oracle
+    ax.step(
+        [i * plan.bin_s / 60.0 for i in range(len(plan.needed))],
+        plan.needed,
+        where="post",
+        color="black",
+        linestyle="--",
+        linewidth=1.0,
+        label="oracle: needed",
+    )
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("replicas ready")
+    ax.legend(loc="upper left", fontsize=7, ncol=3)
+    ax.set_title("Replicas by policy")
+    out["Replicas by policy"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for row in comparison.rows:
+        marker = "*" if row.policy == "kvpilot" else "o"
+        ax.scatter(row.gpu_hours, 100 * row.ttft_attainment, marker=marker, s=90)
+        ax.annotate(row.policy, (row.gpu_hours, 100 * row.ttft_attainment), fontsize=8)
+    ax.axhline(
+        100 * comparison.slo.attainment, color="black", linestyle="--", linewidth=0.8,
+        label=f"target {100 * comparison.slo.attainment:g} %",
+    )  # fmt: skip
+    ax.axvline(
+        comparison.oracle_gpu_hours, color="tab:gray", linestyle=":", linewidth=1.0,
+        label="oracle's GPU-hours (lower bound)",
+    )  # fmt: skip
+    ax.set_xlabel("GPU-hours")
+    ax.set_ylabel(f"TTFT <= {comparison.slo.ttft_s:g} s (% of requests)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("GPU-hours against TTFT-SLO attainment (up and left is better)")
+    out["GPU-hours against attainment"] = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def _comparison_html(comparison: Mapping[str, Any]) -> str:
+    """The policies-compared table of a report (from `Comparison.as_dict`)."""
+    ttft = comparison["slo"]["ttft_s"]
+    head = (
+        "<tr><th>policy</th><th>GPU-hours</th>"
+        f"<th>TTFT &le; {html.escape(_fmt(ttft))} s</th><th>scale events</th>"
+        "<th>peak replicas</th><th>p99 TTFT (s)</th><th>vs oracle</th></tr>"
+    )
+    body = "".join(
+        f"<tr><td>{html.escape(r['policy'])}</td><td>{_fmt(r['gpu_hours'])}</td>"
+        f"<td>{100 * r['ttft_attainment']:.2f} %</td><td>{r['scale_events']}</td>"
+        f"<td>{r['peak_replicas']}</td><td>{_fmt(r['p99_ttft_s'])}</td>"
+        f"<td>{r['vs_oracle']:.2f}&times;</td></tr>"
+        for r in comparison["rows"]
+    )
+    o = comparison["oracle"]
+    body += (
+        f"<tr><td>oracle (lower bound)</td><td>{_fmt(o['gpu_hours'])}</td><td>-</td>"
+        f"<td>{o['cold_starts']} starts</td><td>{o['peak_replicas']}</td><td>-</td>"
+        "<td>1.00&times;</td></tr>"
+    )
+    return (
+        "<h2>Policies compared</h2><p>The same trace, warm fleet, cold start and scrape "
+        "delays for every policy; the oracle knows the future and is sized for "
+        f"{100 * comparison['slo']['attainment']:g} % of requests within the TTFT SLO.</p>"
+        f"<table>{head}{body}</table>"
+    )
+
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1000px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;
@@ -255,6 +346,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, str], title: st
         f'src="data:image/png;base64,{data}">'
         for name, data in images.items()
     )
+    compared = _comparison_html(summary["comparison"]) if "comparison" in summary else ""
     events = "".join(
         f"<tr><td>{e['t'] / 60:.1f}</td><td>{e['from']} &rarr; {e['to']}</td>"
         f"<td>{html.escape(e['reason'])}</td></tr>"
@@ -263,7 +355,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, str], title: st
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{_table(rows)}{figs}"
+        f"<h1>{html.escape(title)}</h1>{_table(rows)}{compared}{figs}"
         "<h2>Scale events</h2><table><tr><th>minute</th><th>replicas</th><th>reason</th></tr>"
         f"{events}</table></body></html>"
     )
@@ -278,15 +370,25 @@ def write_report(
     itl_slo_s: float = DEFAULT_ITL_SLO_S,
     extra: Mapping[str, Any] | None = None,
     html_report: bool = True,
+    comparison: Comparison | None = None,
 ) -> dict[str, Any]:
-    """Writes result.json (and report.html) into ``directory``; returns the summary."""
+    """Writes result.json (and report.html) into ``directory``; returns the summary.
+
+    With ``comparison`` (from `run_comparison`, whose kvpilot run is ``result``) the
+    JSON holds its table under ``comparison`` and the page adds it with two plots.
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(result, ttft_slo_s=ttft_slo_s, itl_slo_s=itl_slo_s)
     if extra:
         summary = {**dict(extra), **summary}
+    if comparison is not None:
+        summary["comparison"] = comparison.as_dict()
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     if html_report:
-        page = render_html(summary, plots(result, ttft_slo_s), title)
+        images = plots(result, ttft_slo_s)
+        if comparison is not None:
+            images.update(comparison_plots(comparison))
+        page = render_html(summary, images, title)
         (out / "report.html").write_text(page)
     return summary
