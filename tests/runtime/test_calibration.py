@@ -224,3 +224,46 @@ def test_poisson_plan_is_deterministic_and_bounded() -> None:
     assert a == poisson_plan(10, 5, prompt_len=(4, 8), max_tokens=3, vocab=50, seed=1)
     assert all(0 < p.at < 5 and 4 <= len(p.prompt_token_ids) <= 8 for p in a)
     assert 20 < len(a) < 90
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "expected", "tokens_asked"),
+    [
+        ([0.9], 0.9, [16]),
+        # Decoders finished before the prompt (a busy machine): longer decoders.
+        ([None, 0.8], 0.8, [16, 64]),
+        ([None, None, 0.7], 0.7, [16, 64, 256]),
+    ],
+)
+def test_mixed_step_is_remeasured_with_longer_decoders(
+    monkeypatch: pytest.MonkeyPatch,
+    outcomes: list[float | None],
+    expected: float,
+    tokens_asked: list[int],
+) -> None:
+    import asyncio
+
+    from kvpilot_runtime import calibrate
+
+    asked: list[int] = []
+
+    async def fake_round(*args: object, decode_tokens: int, **kwargs: object) -> float | None:
+        asked.append(decode_tokens)
+        return outcomes[len(asked) - 1]
+
+    monkeypatch.setattr(calibrate, "_mixed_round", fake_round)
+    t = asyncio.run(calibrate._mixed_time("http://x", "tiny", 3, 16, 96, seed=1))
+    assert t == expected and asked == tokens_asked
+
+
+def test_mixed_step_gives_up_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from kvpilot_runtime import calibrate
+
+    async def always_late(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr(calibrate, "_mixed_round", always_late)
+    with pytest.raises(RuntimeError, match="3 decoders of up to 256 tokens finished before a 96"):
+        asyncio.run(calibrate._mixed_time("http://x", "tiny", 3, 16, 96, seed=1))
