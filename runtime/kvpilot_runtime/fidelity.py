@@ -436,6 +436,26 @@ def compare(
     return {"errors": errors, "ratios": ratios, "max_rel_error": round(worst, 4), "goals": goals}
 
 
+def spreads(
+    runs: dict[str, list[dict[str, float]]], keys: Sequence[str] = LOAD_METRICS
+) -> dict[str, dict[str, float]]:
+    """Per regime, (max - min) / median over the repeats of each metric (with its floor).
+
+    How much real vLLM's figures move between repeats on the machine at hand:
+    each repeat draws its own seeded arrivals, and a shared machine's speed drifts
+    between them. The simulator gets the same arrivals as each real load, so
+    its errors are per repeat; this says how steady the ground truth was.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, rows in runs.items():
+        out[name] = {}
+        for k in keys:
+            values = [r[k] for r in rows]
+            mid = abs(statistics.median(values))
+            out[name][k] = round((max(values) - min(values)) / max(mid, FLOORS[k]), 4)
+    return out
+
+
 def medians(
     runs: dict[str, list[dict[str, float]]], keys: Sequence[str] = LOAD_METRICS
 ) -> dict[str, dict[str, float]]:
@@ -571,6 +591,7 @@ def run_fidelity(
         "runs": {"real": real_runs, "sim": sim_runs},
         "real": real,
         "sim": sim,
+        "real_repeat_spread": spreads(real_runs),
         "per_repeat_errors": per_repeat_errors,
         **compare(real, sim),
     }

@@ -16,6 +16,7 @@ from kvpilot_runtime.fidelity import (
     medians,
     rel_error,
     speed_factor,
+    spreads,
     steady_throughput,
 )
 from kvpilot_runtime.latency import Batch, PrefillChunk, load_profile
@@ -267,3 +268,21 @@ def test_mixed_step_gives_up_with_the_reason(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(calibrate, "_mixed_round", always_late)
     with pytest.raises(RuntimeError, match="3 decoders of up to 256 tokens finished before a 96"):
         asyncio.run(calibrate._mixed_time("http://x", "tiny", 3, 16, 96, seed=1))
+
+
+def test_real_repeat_spread_is_range_over_median_with_the_floor() -> None:
+    runs = {
+        "moderate": [
+            {"median_ttft_s": 0.30, "median_itl_s": 0.068, "mean_queue_depth": 0.0,
+             "mean_kv_usage": 0.12},
+            {"median_ttft_s": 0.20, "median_itl_s": 0.043, "mean_queue_depth": 0.3,
+             "mean_kv_usage": 0.08},
+            {"median_ttft_s": 0.25, "median_itl_s": 0.056, "mean_queue_depth": 0.1,
+             "mean_kv_usage": 0.13},
+        ]
+    }  # fmt: skip
+    out = spreads(runs)["moderate"]
+    assert out["median_ttft_s"] == pytest.approx(0.10 / 0.25)
+    assert out["median_itl_s"] == pytest.approx(0.025 / 0.056, abs=1e-4)
+    assert out["mean_queue_depth"] == pytest.approx(0.3)  # floor of 1 request
+    assert out["mean_kv_usage"] == pytest.approx(0.05 / 0.12, abs=1e-4)
