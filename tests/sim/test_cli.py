@@ -182,3 +182,29 @@ def test_progress_writes_periodic_lines_off_a_terminal() -> None:
     assert len(lines) == 2 * 11  # its start, then a line per tenth of each policy's run
     assert lines[10].startswith("kvpilot") and "100.0%" in lines[10]
     assert lines[-1].startswith("static-peak") and "100.0%" in lines[-1]
+
+
+@pytest.mark.parametrize(("uncapped", "warned"), [(3, False), (5, True)])
+def test_comparison_says_when_max_replicas_caps_every_policy(uncapped: int, warned: bool) -> None:
+    from kvpilot.sim.baselines import Comparison
+    from kvpilot.sim.oracle import CapacityProbe, OraclePlan, Slo
+    from kvpilot.sim.report import _comparison_html
+
+    plan = OraclePlan(15.0, (1, 3), (1, 3), 1, 60.0, 30.0)
+    cmp_ = Comparison(
+        rows=(),
+        oracle=plan,
+        oracle_gpu_hours=0.025,
+        capacity=CapacityProbe(1.0, 1.0, 1.0, True),
+        slo=Slo(ttft_s=5.0),
+        uncapped_peak=uncapped,
+        max_replicas=3,
+    )
+    warning = cmp_.capped_warning()
+    page = _comparison_html(cmp_.as_dict())
+    if warned:
+        assert warning is not None
+        assert "needs 5 replicas" in warning and "maxReplicas is 3" in warning
+        assert "needs 5 replicas; maxReplicas caps every policy" in page
+    else:
+        assert warning is None and "caps every policy" not in page

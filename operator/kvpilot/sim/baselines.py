@@ -523,9 +523,22 @@ class Comparison:
     capacity: CapacityProbe
     slo: Slo
     results: Mapping[str, SimResult] = field(default_factory=dict, repr=False)
+    uncapped_peak: int = 0
+    """Replicas the busiest oracle bin needs before the cap at maxReplicas."""
+    max_replicas: int = 0
 
     def row(self, policy: str) -> ComparisonRow:
         return next(r for r in self.rows if r.policy == policy)
+
+    def capped_warning(self) -> str | None:
+        """Says so when maxReplicas, not the policies, limits the fleet at the peak."""
+        if self.uncapped_peak <= self.max_replicas:
+            return None
+        return (
+            f"the trace's peak needs {self.uncapped_peak} replicas to meet the SLO but "
+            f"maxReplicas is {self.max_replicas}: every policy, the oracle too, is capped "
+            "there; raise spec.scaling.maxReplicas (or --rate-scale down) to compare them"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -541,6 +554,7 @@ class Comparison:
                 "peak_replicas": self.oracle.peak,
                 "cold_starts": self.oracle.starts,
                 "bin_s": self.oracle.bin_s,
+                "uncapped_peak_replicas": self.uncapped_peak,
             },
             "rows": [r.as_dict() for r in self.rows],
         }
@@ -616,10 +630,8 @@ def run_comparison(
     config = policy_config(service, base)
     duration = max(requests[-1].arrival_s if requests else 0.0, oracle_bin_s)
     rates = arrival_rates([r.arrival_s for r in requests], oracle_bin_s, duration)
-    needed = [
-        min(n, config.max_replicas)
-        for n in replicas_needed(rates, cap.rate_rps, config.min_replicas)
-    ]
+    uncapped = replicas_needed(rates, cap.rate_rps, config.min_replicas)
+    needed = [min(n, config.max_replicas) for n in uncapped]
     if initial_replicas is None:
         # No policy can add a Ready replica before one cold start has passed: the warm
         # fleet serves the busiest minute of that span (60 s bins, whatever the
@@ -672,6 +684,8 @@ def run_comparison(
         rows=tuple(rows),
         oracle=plan_,
         oracle_gpu_hours=oracle_gpu_hours,
+        uncapped_peak=max(uncapped, default=0),
+        max_replicas=config.max_replicas,
         capacity=cap,
         slo=slo,
         results=results,

@@ -240,4 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if comparison is not None:
         print(format_comparison(comparison))
+        warning = comparison.capped_warning()
+        if warning:
+            print(f"kvpilot simulate: warning: {warning}", file=sys.stderr)
     return 0

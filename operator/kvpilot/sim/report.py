@@ -282,6 +282,12 @@ def _comparison_html(comparison: Mapping[str, Any]) -> str:
         for r in comparison["rows"]
     )
     o = comparison["oracle"]
+    capped = ""
+    if o.get("uncapped_peak_replicas", 0) > o["peak_replicas"]:
+        capped = (
+            f"<p><strong>The trace's peak needs {o['uncapped_peak_replicas']} replicas; "
+            f"maxReplicas caps every policy, the oracle too, at {o['peak_replicas']}.</strong></p>"
+        )
     body += (
         f"<tr><td>oracle (lower bound)</td><td>{_fmt(o['gpu_hours'])}</td><td>-</td>"
         f"<td>{o['cold_starts']} starts</td><td>{o['peak_replicas']}</td><td>-</td>"
@@ -291,7 +297,7 @@ def _comparison_html(comparison: Mapping[str, Any]) -> str:
         "<h2>Policies compared</h2><p>The same trace, warm fleet, cold start and scrape "
         "delays for every policy; the oracle knows the future and is sized for "
         f"{100 * comparison['slo']['attainment']:g} % of requests within the TTFT SLO.</p>"
-        f"<table>{head}{body}</table>"
+        f"{capped}<table>{head}{body}</table>"
     )
 
 
