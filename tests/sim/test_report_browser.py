@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kvpilot.api.parse import parse_inference_service
+from kvpilot.api.parse import InferenceService, parse_inference_service
 from kvpilot.sim.fleet import simulate
 from kvpilot.sim.report import write_report
 from kvpilot.sim.scaler import KvpilotScaler
@@ -65,8 +65,8 @@ def _bands(rows: list[int], gap: int = 40) -> int:
     return bands
 
 
-def test_report_plots_are_visible_in_chromium(tmp_path: Path) -> None:
-    svc = parse_inference_service(
+def _service() -> InferenceService:
+    return parse_inference_service(
         {
             "metadata": {"name": "llama", "namespace": "default", "uid": "u"},
             "spec": {
@@ -76,6 +76,10 @@ def test_report_plots_are_visible_in_chromium(tmp_path: Path) -> None:
             },
         }
     )
+
+
+def test_report_plots_are_visible_in_chromium(tmp_path: Path) -> None:
+    svc = _service()
     reqs = [Request(i * 0.1, 3000, 200) for i in range(1500)]
     result = simulate(reqs, service=svc, scaler=KvpilotScaler(svc), cold_start_s=20.0)
     summary = write_report(result, tmp_path / "report")
@@ -105,16 +109,7 @@ def test_comparison_report_shows_its_table_and_six_plots_in_chromium(tmp_path: P
     from kvpilot.sim.baselines import run_comparison
     from kvpilot.sim.oracle import Slo
 
-    svc = parse_inference_service(
-        {
-            "metadata": {"name": "llama", "namespace": "default", "uid": "u"},
-            "spec": {
-                "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 4096},
-                "placement": {"gpuTypes": ["H100-80GB"]},
-                "scaling": {"minReplicas": 1, "maxReplicas": 4},
-            },
-        }
-    )
+    svc = _service()
     # Long prompts: a quiet start, then a burst that fills the KV cache and queues.
     reqs = [Request(i * 2.0, 3000, 200) for i in range(20)]
     reqs += [Request(40 + i * 0.1, 3000, 200) for i in range(300)]

@@ -670,34 +670,6 @@ class _Fleet:
         return now
 
 
-def _check_timing(
-    *,
-    cold_start_s: float,
-    scrape_interval_s: float,
-    query_delay_s: float,
-    metrics_step_s: float,
-    drain_timeout_s: float | None,
-    sample_interval_s: float,
-    decision_interval_s: float,
-) -> None:
-    """Refuses timings the event loop cannot run: a zero period would never advance time."""
-    periods = {
-        "scrape interval": scrape_interval_s,
-        "metrics step": metrics_step_s,
-        "sample interval": sample_interval_s,
-        "autoscale interval": decision_interval_s,
-    }
-    delays = {
-        "cold start": cold_start_s,
-        "query delay": query_delay_s,
-        "drain timeout": 0.0 if drain_timeout_s is None else drain_timeout_s,
-    }
-    bad = [f"{k} must be positive, got {v:g} s" for k, v in periods.items() if not v > 0]
-    bad += [f"{k} must not be negative, got {v:g} s" for k, v in delays.items() if not v >= 0]
-    if bad:
-        raise ValueError("; ".join(bad))
-
-
 def simulate(
     requests: Sequence[Request],
     *,
@@ -733,15 +705,22 @@ def simulate(
     otherwise ``gpu_type``, ``profile``, ``sim_args`` and ``gpus_per_node`` are passed
     to `fleet_setup`.
     """
-    _check_timing(
-        cold_start_s=cold_start_s,
-        scrape_interval_s=scrape_interval_s,
-        query_delay_s=query_delay_s,
-        metrics_step_s=metrics_step_s,
-        drain_timeout_s=drain_timeout_s,
-        sample_interval_s=sample_interval_s,
-        decision_interval_s=scaler.interval_s,
-    )
+    # Timings the event loop cannot run: a zero period would never advance time.
+    periods = {
+        "scrape interval": scrape_interval_s,
+        "metrics step": metrics_step_s,
+        "sample interval": sample_interval_s,
+        "autoscale interval": scaler.interval_s,
+    }
+    delays = {
+        "cold start": cold_start_s,
+        "query delay": query_delay_s,
+        "drain timeout": 0.0 if drain_timeout_s is None else drain_timeout_s,
+    }
+    bad = [f"{k} must be positive, got {v:g} s" for k, v in periods.items() if not v > 0]
+    bad += [f"{k} must not be negative, got {v:g} s" for k, v in delays.items() if not v >= 0]
+    if bad:
+        raise ValueError("; ".join(bad))
     if initial_replicas is not None and initial_replicas < 1:
         raise ValueError(f"initial replicas must be at least 1, got {initial_replicas}")
     if setup is None:
